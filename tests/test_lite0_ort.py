@@ -1,0 +1,42 @@
+"""End to end on the pretrained EfficientNet-Lite0 with the ort backend."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified
+from unified.core.sample_images import bundled_photo_path
+
+pytestmark = pytest.mark.lite0
+CAT_CLASSES = range(281, 286)
+
+
+def test_chelsea_is_a_cat_in_fp32_and_static_int8(lite0) -> None:
+    fp32 = unified.infer(lite0, bundled_photo_path(), backend="ort", mode="fp32", preprocess=None)
+    int8 = unified.infer("efficientnet_lite0", bundled_photo_path(), backend="ort", mode="static")
+    print("fp32:", fp32.top5)
+    print("int8:", int8.top5)
+    assert fp32.top1 in CAT_CLASSES
+    assert int8.top1 == fp32.top1
+    assert [p for _, _, p in fp32.top5] != [p for _, _, p in int8.top5]
+
+
+def test_static_int8_keeps_fp32_decisions(lite0, eval_batch, calib_crops, lite0_fp32_logits) -> None:
+    qm = unified.quantize(lite0, backend="ort", calibration=calib_crops)
+    agree = float((qm.run(eval_batch).argmax(1) == lite0_fp32_logits.argmax(1)).mean())
+    print(f"\nort static int8 (bias-corrected) keeps {agree:.1%} of fp32 top-1 on {len(eval_batch)} crops")
+    assert agree >= 0.90
+
+
+def test_tf_normalization_is_more_confident_than_imagenet_stats(lite0, lite0_fp32_logits) -> None:
+    """The weights expect (x-127)/128: on real photos it gives higher top-1 confidence."""
+    from unified.core.result import softmax
+    from unified.core.sample_images import random_crops
+
+    imagenet = unified.Preprocess(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+    crops = random_crops(200, seed=0)
+    qm = unified.quantize(lite0, backend="ort", mode="fp32")
+    conf_tf = softmax(lite0_fp32_logits).max(1).mean()
+    conf_in = softmax(qm.run(imagenet.batch(crops))).max(1).mean()
+    print(f"\nmean top-1 probability: TF normalization {conf_tf:.3f}, ImageNet mean/std {conf_in:.3f}")
+    assert conf_tf > conf_in

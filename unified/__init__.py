@@ -1,0 +1,46 @@
+"""unified: quantize a network once per backend, run it on any of them with the same call.
+
+    import unified
+    result = unified.infer("efficientnet_lite0", "cat.jpg", backend="ort")
+    result.top5   # [(class_index, label, probability), ...]
+
+Writing a backend plugin: implement the hooks of `unified.core.hookspecs` with the `unified.hookimpl`
+marker in one module, declare it with `unified_register_backends(register)`, and expose the module
+under the entry-point group "unified" in your package's pyproject.toml:
+
+    [project.entry-points.unified]
+    mybackend = "mypackage.plugin"
+"""
+# The subpackage `unified.backends` is imported first on purpose: Python binds a subpackage as an
+# attribute of its parent when it is first imported, which would otherwise replace the function
+# `unified.backends()` the moment a built-in backend loads.
+import unified.backends as _builtin_backends_package  # noqa: F401
+from unified.core.api import backends, infer, load, quantize
+from unified.core.backend_spec import BackendSpec
+from unified.core.calibration import CalibrationSet
+from unified.core.errors import (
+    BackendError,
+    BackendNotFoundError,
+    CalibrationError,
+    ImageError,
+    InputError,
+    ModelError,
+    SavedModelError,
+    ScaleFileError,
+    UnifiedError,
+    UnsupportedOperatorError,
+)
+from unified.core.hookspecs import hookimpl
+from unified.core.preprocess import Preprocess
+from unified.core.quant_params import QuantParams
+from unified.core.quantized_model import QuantizedModel
+from unified.core.result import InferenceResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError", "BackendNotFoundError", "BackendSpec", "CalibrationError", "CalibrationSet",
+    "ImageError", "InferenceResult", "InputError", "ModelError", "Preprocess", "QuantParams",
+    "QuantizedModel", "SavedModelError", "ScaleFileError", "UnifiedError", "UnsupportedOperatorError",
+    "backends", "hookimpl", "infer", "load", "quantize",
+]

@@ -1,0 +1,1 @@
+"""The ONNX Runtime backend: float in, float out; quantization by `onnxruntime.quantization`."""

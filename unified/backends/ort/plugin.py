@@ -1,0 +1,107 @@
+"""The ort backend's hook implementations: registered exactly as a third-party plugin would be."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from unified.core.backend_spec import BackendSpec
+from unified.core.calibration import CalibrationSet
+from unified.core.errors import BackendError, InputError
+from unified.core.hookspecs import hookimpl
+from unified.core.quant_params import QuantParams
+
+NAME = "ort"
+MODES = ("fp32", "static", "dynamic")
+
+
+class OrtArtifact:
+    """A (possibly quantized) ONNX model and its lazily created, thread-safe session."""
+
+    input_quant: QuantParams | None = None
+    output_quant: QuantParams | None = None
+
+    def __init__(self, model_bytes: bytes, mode: str) -> None:
+        self.model_bytes = model_bytes
+        self.mode = mode
+        self._session: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    from unified.backends.ort.session import make_session
+
+                    self._session = make_session(self.model_bytes)
+                    self._input_name = self._session.get_inputs()[0].name
+        return self._session
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        session = self.session
+        try:
+            return session.run(None, {self._input_name: x})[0]
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+            expected = session.get_inputs()[0]
+            raise InputError(
+                f"ort: input of shape {x.shape} dtype {x.dtype} does not fit the model's input "
+                f"{expected.name!r} {expected.shape} {expected.type}: {str(exc).splitlines()[0]}"
+            ) from exc
+
+    def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        return {"model.onnx": self.model_bytes}, {"mode": self.mode}
+
+
+def _load_artifact(blobs: dict[str, bytes], meta: dict[str, Any]) -> OrtArtifact:
+    onnx.checker.check_model(onnx.load_from_string(blobs["model.onnx"]))
+    return OrtArtifact(blobs["model.onnx"], meta["mode"])
+
+
+@hookimpl
+def unified_register_backends(register) -> None:
+    register(BackendSpec(
+        name=NAME,
+        description="ONNX Runtime: static QDQ (u8 act, s8/channel weights), dynamic, fp32",
+        io="float", input_dtype="float32", output_dtype="float32", input_layout="NCHW",
+        load_artifact=_load_artifact, modes=MODES, default_mode="static",
+        calibration_free_modes=("dynamic", "fp32"),
+        thresholds={"top1_agreement": 0.85, "min_cosine": 0.95},
+    ))
+
+
+@hookimpl
+def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
+                     options: Mapping[str, Any]) -> OrtArtifact | None:
+    if backend != NAME:
+        return None
+    from unified.backends.ort import quantizer
+
+    opts = dict(options)
+    mode = opts.pop("mode", "static")
+    if mode == "fp32":
+        return OrtArtifact(model.SerializeToString(), mode)
+    if mode == "dynamic":
+        return OrtArtifact(quantizer.quantize_dynamic_uint8(model, opts), mode)
+    if mode == "static":
+        assert calibration is not None
+        return OrtArtifact(quantizer.quantize_static_qdq(model, calibration, opts), mode)
+    raise BackendError(f"ort has no mode {mode!r}")
+
+
+@hookimpl
+def unified_quantize_input(backend: str, artifact: OrtArtifact, batch: np.ndarray) -> np.ndarray | None:
+    return np.ascontiguousarray(batch, dtype=np.float32) if backend == NAME else None
+
+
+@hookimpl
+def unified_infer(backend: str, artifact: OrtArtifact, inputs: np.ndarray) -> np.ndarray | None:
+    return artifact.run(inputs) if backend == NAME else None
+
+
+@hookimpl
+def unified_dequantize_output(backend: str, artifact: OrtArtifact, outputs: np.ndarray) -> np.ndarray | None:
+    return outputs if backend == NAME else None

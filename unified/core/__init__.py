@@ -1,0 +1,1 @@
+"""The backend-agnostic half of unified: API, hook contract, models, images, calibration."""

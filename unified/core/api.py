@@ -1,0 +1,119 @@
+"""The public operations: `quantize`, `infer`, `load`, `backends`.
+
+`core` stays backend-agnostic: it resolves the model and calibration data, then asks the plugin
+manager; whichever backend owns the name answers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from unified.core import plugins
+from unified.core.backend_spec import BackendSpec
+from unified.core.calibration import CalibrationSet, default_calibration, make_calibration_set
+from unified.core.errors import BackendError, SavedModelError
+from unified.core.images import ImageLike
+from unified.core.onnx_model import fingerprint
+from unified.core.model_source import resolve_model
+from unified.core.paths import cache_dir
+from unified.core.preprocess import Preprocess
+from unified.core.quantized_model import QuantizedModel
+from unified.core.result import InferenceResult
+
+#: Bump when a change makes previously cached quantized models stale.
+QUANT_CACHE_VERSION = 1
+
+
+def backends() -> list[BackendSpec]:
+    """Installed backends, built-in and third-party, with their I/O contracts."""
+    return list(plugins.backend_specs().values())
+
+
+def load(path: str | os.PathLike) -> QuantizedModel:
+    """Load a model saved with `QuantizedModel.save` (no torch needed)."""
+    return QuantizedModel.load(path)
+
+
+def _resolve_mode(spec: BackendSpec, mode: str | None) -> str:
+    mode = mode or spec.default_mode
+    if mode not in spec.modes:
+        raise BackendError(f"backend {spec.name!r} has no mode {mode!r}; its modes: {', '.join(spec.modes)}")
+    return mode
+
+
+def _cache_path(model_fp: str, backend: str, mode: str, options: dict[str, Any]) -> Path:
+    key = json.dumps({"model": model_fp, "backend": backend, "mode": mode, "options": options,
+                      "calibration": "default", "v": QUANT_CACHE_VERSION}, sort_keys=True, default=repr)
+    return cache_dir() / "quantized" / f"{backend}-{mode}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.uqm"
+
+
+def quantize(
+    model: Any = None,
+    backend: str = "ort",
+    calibration: Any = None,
+    mode: str | None = None,
+    preprocess: Preprocess | None = None,
+    cache: bool = True,
+    **options: Any,
+) -> QuantizedModel:
+    """Quantize `model` for `backend`.
+
+    model: zoo name | .onnx path | onnx.ModelProto | torch.nn.Module (None: EfficientNet-Lite0).
+    calibration: folder | dataset.txt | list/iterable of images or arrays | CalibrationSet; None
+    uses crops of the built-in offline photos, and then (with `cache=True`) the result is cached,
+    since the same inputs always give the same quantized model.
+    options: backend-specific settings (e.g. `calibrate_method` for ort, `quantized_algorithm` for rknn).
+    """
+    spec = plugins.get_backend(backend)
+    mode = _resolve_mode(spec, mode)
+    source = resolve_model(model, preprocess)
+    cal: CalibrationSet | None = None
+    cached_at: Path | None = None
+    if spec.needs_calibration(mode):
+        if calibration is None:
+            if cache:
+                cached_at = _cache_path(fingerprint(source.proto), backend, mode, options)
+                if cached_at.exists():
+                    try:
+                        return QuantizedModel.load(cached_at)
+                    except SavedModelError:
+                        cached_at.unlink(missing_ok=True)  # stale or damaged cache entry: rebuild
+            cal = default_calibration(source.preprocess)
+        else:
+            cal = make_calibration_set(calibration, source.preprocess)
+    artifact = plugins.ensure_loaded().hook.unified_quantize(
+        backend=backend, model=source.proto, calibration=cal, options=dict(options, mode=mode)
+    )
+    if artifact is None:
+        raise BackendError(f"backend {backend!r} is registered but no plugin answered quantize")
+    qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options)
+    if cached_at is not None:
+        qm.save(cached_at)
+    return qm
+
+
+def _looks_saved(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_file() and zipfile.is_zipfile(model)
+
+
+def infer(
+    model: Any,
+    image: ImageLike,
+    backend: str = "ort",
+    mode: str | None = None,
+    calibration: Any = None,
+    **options: Any,
+) -> InferenceResult:
+    """Classify one image with `model` on `backend` and return its float logits and top-5.
+
+    `model` may also be a `QuantizedModel` or the path of a saved one; then `backend` is ignored.
+    """
+    if isinstance(model, QuantizedModel):
+        return model.infer(image)
+    if _looks_saved(model):
+        return load(model).infer(image)
+    return quantize(model, backend=backend, calibration=calibration, mode=mode, **options).infer(image)

@@ -1,0 +1,39 @@
+"""`BackendSpec`: what a backend declares about itself in `unified_register_backends`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from unified.core.artifact import QuantizedArtifact
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend's name, its I/O contract, and how to restore its saved artifacts.
+
+    `io` is "float" when the backend runs float in, float out (its quantize_input/dequantize_output
+    are the identity, like ONNX Runtime), or "integer" when the application must quantize the input
+    and dequantize the output with the I/O tensors' scale and zero point (RKNN, Tengine).
+    """
+
+    name: str
+    description: str
+    io: str  # "float" | "integer"
+    input_dtype: str
+    output_dtype: str
+    input_layout: str
+    load_artifact: Callable[[dict[str, bytes], dict[str, Any]], QuantizedArtifact]
+    modes: tuple[str, ...] = ("default",)
+    default_mode: str = "default"
+    #: modes that run without calibration data (e.g. fp32, dynamic quantization)
+    calibration_free_modes: tuple[str, ...] = ()
+    #: the consistency thresholds this backend promises against fp32 (used by the conformance suite)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if self.io not in ("float", "integer"):
+            raise ValueError(f"BackendSpec.io must be 'float' or 'integer', not {self.io!r}")
+
+    def needs_calibration(self, mode: str) -> bool:
+        return mode not in self.calibration_free_modes

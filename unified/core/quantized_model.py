@@ -1,0 +1,142 @@
+"""`QuantizedModel`: a backend's artifact plus everything needed to feed it photos.
+
+The path of one batch is visible here in one place:
+``quantize_input -> infer -> dequantize_output``, each a firstresult hook answered by the backend
+that owns the artifact, so hook wrappers (profilers, the consistency harness) observe every call.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from unified.core import plugins
+from unified.core.artifact import QuantizedArtifact
+from unified.core.backend_spec import BackendSpec
+from unified.core.errors import BackendError, InputError, SavedModelError
+from unified.core.images import ImageLike
+from unified.core.preprocess import Preprocess, as_input_batch
+from unified.core.quant_params import QuantParams
+from unified.core.result import InferenceResult
+from unified.core.saved_model import read_container, write_container
+
+
+class QuantizedModel:
+    """A model quantized for one backend: run it float in, float out, or integer in, integer out."""
+
+    def __init__(
+        self,
+        backend: str,
+        artifact: QuantizedArtifact,
+        preprocess: Preprocess,
+        model_name: str = "model",
+        mode: str = "default",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.artifact = artifact
+        self.preprocess = preprocess
+        self.model_name = model_name
+        self.mode = mode
+        self.options = dict(options or {})
+
+    # -- the I/O contract -------------------------------------------------------------------
+    @property
+    def spec(self) -> BackendSpec:
+        return plugins.get_backend(self.backend)
+
+    @property
+    def input_quant(self) -> QuantParams | None:
+        """Scale, zero point, dtype and layout of the native integer input (None: float input)."""
+        return self.artifact.input_quant
+
+    @property
+    def output_quant(self) -> QuantParams | None:
+        return self.artifact.output_quant
+
+    # -- running ----------------------------------------------------------------------------
+    def quantize_input(self, batch: np.ndarray) -> np.ndarray:
+        hook = plugins.ensure_loaded().hook
+        return _answered(hook.unified_quantize_input(backend=self.backend, artifact=self.artifact, batch=batch),
+                         self.backend, "quantize_input")
+
+    def run_quantized(self, native_input: np.ndarray) -> np.ndarray:
+        """Expert path: the backend's native input in, its native output out (no (de)quantization)."""
+        hook = plugins.ensure_loaded().hook
+        return _answered(hook.unified_infer(backend=self.backend, artifact=self.artifact, inputs=native_input),
+                         self.backend, "infer")
+
+    def dequantize_output(self, native_output: np.ndarray) -> np.ndarray:
+        hook = plugins.ensure_loaded().hook
+        out = _answered(hook.unified_dequantize_output(backend=self.backend, artifact=self.artifact, outputs=native_output),
+                        self.backend, "dequantize_output")
+        return np.asarray(out, dtype=np.float32)
+
+    def run(self, batch: np.ndarray | Sequence[ImageLike] | ImageLike) -> np.ndarray:
+        """Float in, float out: a float NCHW batch (or images) -> float32 logits."""
+        x = as_input_batch(batch, self.preprocess)
+        # NaN/Inf checks belong to quantize_input of integer backends, which read every value anyway;
+        # a float backend simply propagates them, and checking here would cost ~5% of an ORT run.
+        return self.dequantize_output(self.run_quantized(self.quantize_input(x)))
+
+    def infer(self, image: ImageLike) -> InferenceResult:
+        """One image: load -> preprocess -> quantize_input -> infer -> dequantize_output -> top-5."""
+        x = as_input_batch(image, self.preprocess)
+        if x.shape[0] != 1:
+            raise InputError(f"infer takes one image; got a batch of {x.shape[0]} (use run() for batches)")
+        logits = self.run(x)
+        return InferenceResult(logits=logits[0], backend=self.backend, mode=self.mode)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """One file, written atomically; `unified.load` restores it without torch."""
+        blobs, meta = self.artifact.to_files()
+        manifest = {
+            "backend": self.backend,
+            "mode": self.mode,
+            "model_name": self.model_name,
+            "options": _jsonable(self.options),
+            "preprocess": self.preprocess.to_json(),
+            "artifact": meta,
+        }
+        write_container(path, manifest, blobs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "QuantizedModel":
+        manifest, blobs = read_container(path)
+        backend = manifest.get("backend")
+        specs = plugins.backend_specs()
+        if backend not in specs:
+            raise SavedModelError(
+                f"{path} was saved by backend {backend!r}, which is not installed (installed: {', '.join(sorted(specs))})"
+            )
+        try:
+            artifact = specs[backend].load_artifact(blobs, manifest["artifact"])
+        except SavedModelError:
+            raise
+        except Exception as exc:
+            raise SavedModelError(f"{path}: backend {backend!r} cannot restore it: {exc}") from exc
+        return cls(backend, artifact, Preprocess.from_json(manifest["preprocess"]),
+                   manifest.get("model_name", "model"), manifest.get("mode", "default"), manifest.get("options"))
+
+    def __repr__(self) -> str:
+        return f"QuantizedModel(backend={self.backend!r}, mode={self.mode!r}, model={self.model_name!r})"
+
+
+def _answered(value: Any, backend: str, op: str) -> Any:
+    if value is None:
+        raise BackendError(f"no plugin answered {op} for backend {backend!r}")
+    return value
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(i, (int, float, str)) for i in v):
+            out[k] = list(v)
+        else:
+            out[k] = repr(v)
+    return out
