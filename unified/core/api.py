@@ -86,7 +86,8 @@ def quantize(
         else:
             cal = make_calibration_set(calibration, source.preprocess)
     artifact = plugins.ensure_loaded().hook.unified_quantize(
-        backend=backend, model=source.proto, calibration=cal, options=dict(options, mode=mode)
+        backend=backend, model=source.proto, calibration=cal, options=dict(options, mode=mode),
+        preprocess=source.preprocess,
     )
     if artifact is None:
         raise BackendError(f"backend {backend!r} is registered but no plugin answered quantize")

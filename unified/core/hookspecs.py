@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imports for annotations only: the hook module must stay imp
     from unified.core.artifact import QuantizedArtifact
     from unified.core.backend_spec import BackendSpec
     from unified.core.calibration import CalibrationSet
+    from unified.core.preprocess import Preprocess
 
 hookspec = pluggy.HookspecMarker("unified")
 hookimpl = pluggy.HookimplMarker("unified")
@@ -37,9 +38,12 @@ def unified_quantize(
     model: onnx.ModelProto,
     calibration: CalibrationSet | None,
     options: Mapping[str, Any],
+    preprocess: Preprocess,
 ) -> QuantizedArtifact | None:
     """Quantize a checked float ONNX `model` for `backend`; return None if `backend` is not yours.
 
+    `preprocess` says how images become the model's input (mean/std in pixel units), which NPU
+    backends need to fold normalization into the model's integer input.
     `calibration` yields float NCHW tensors in the model's own input space (already preprocessed);
     it is None only when the backend's `BackendSpec.needs_calibration(options)` said so.
     `options` are the backend-specific keyword arguments the user passed to `unified.quantize`.

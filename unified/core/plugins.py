@@ -28,6 +28,7 @@ AUTOLOAD_OFF_ENV = "UNIFIED_DISABLE_PLUGIN_AUTOLOAD"
 #: The built-in backends, each a plugin module like any third-party one.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "unified.backends.ort.plugin",
+    "unified.backends.rknn.plugin",
 )
 
 pm = pluggy.PluginManager("unified")

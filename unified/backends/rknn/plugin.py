@@ -1,0 +1,117 @@
+"""The rknn backend's hooks: RKNN-Toolkit2's w8a8 scheme on the integer engine.
+
+Options (RKNN's `config()` names where they exist):
+  quantized_algorithm  "mmse" (default) | "normal" | "kl_divergence"
+  quantized_method     "channel" (default) | "layer"
+  mean_values, std_values   pixel-unit normalization folded into the int8 input
+                            (default: the model's own preprocessing)
+  bias_correction      True (default): correct biases for weight rounding (Nagel et al. 2019)
+  float_fallback       op types to run in float on the CPU instead of failing
+
+`normal` is RKNN's min-max. `mmse` here is unified's own fast variant: activation ranges that
+minimize expected squared error over a 2048-bin histogram and per-channel weight ranges shrunk to
+minimize weight MSE, plus bias correction: it builds in seconds where RKNN-Toolkit2's `mmse`
+takes minutes, and keeps more of fp32's decisions (see README for the measured figures).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from unified.core.backend_spec import BackendSpec
+from unified.core.calibration import CalibrationSet
+from unified.core.errors import BackendError, InputError
+from unified.core.hookspecs import hookimpl
+from unified.core.integer.artifact import IntegerArtifact
+from unified.core.integer.build import BuildOptions, build_integer_graph
+from unified.core.preprocess import Preprocess
+from unified.backends.rknn.scheme import RknnScheme
+
+NAME = "rknn"
+ALGORITHMS = {
+    "normal": ("minmax", "minmax"),
+    "mmse": ("mse", "mse"),
+    "kl_divergence": ("kl", "minmax"),
+}
+KNOWN_OPTIONS = {"mode", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
+                 "bias_correction", "float_fallback"}
+
+
+def _artifact_from_files(blobs: dict[str, bytes], meta: dict[str, Any]) -> IntegerArtifact:
+    return IntegerArtifact.from_files(blobs, meta)
+
+
+@hookimpl
+def unified_register_backends(register) -> None:
+    register(BackendSpec(
+        name=NAME,
+        description="RKNN-Toolkit2 w8a8 emulated: int8 asym, per-channel weights",
+        io="integer", input_dtype="int8", output_dtype="int8", input_layout="NHWC",
+        load_artifact=_artifact_from_files,
+        thresholds={"top1_agreement": 0.85, "min_cosine": 0.9},
+    ))
+
+
+def _preprocess_with(options: Mapping[str, Any], preprocess: Preprocess) -> Preprocess:
+    mean, std = options.get("mean_values"), options.get("std_values")
+    if mean is None and std is None:
+        return preprocess
+    def triple(v: Any, default: tuple[float, ...]) -> tuple[float, float, float]:
+        if v is None:
+            return default  # type: ignore[return-value]
+        vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+        vals = [x for sub in vals for x in (sub if isinstance(sub, list) else [sub])]
+        return tuple(vals * 3 if len(vals) == 1 else vals)  # type: ignore[return-value]
+    return Preprocess(preprocess.resize, preprocess.crop, triple(mean, preprocess.mean), triple(std, preprocess.std))
+
+
+@hookimpl
+def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
+                     options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
+    if backend != NAME:
+        return None
+    unknown = set(options) - KNOWN_OPTIONS
+    if unknown:
+        raise BackendError(f"rknn: unknown options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS - {'mode'})}")
+    algorithm = options.get("quantized_algorithm", "mmse")
+    if algorithm not in ALGORITHMS:
+        raise BackendError(f"rknn: quantized_algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    method = options.get("quantized_method", "channel")
+    if method not in ("channel", "layer"):
+        raise BackendError(f"rknn: quantized_method={method!r} must be 'channel' or 'layer'")
+    range_method, weight_method = ALGORITHMS[algorithm]
+    build = BuildOptions(range_method=range_method, weight_method=weight_method,
+                         bias_correction=bool(options.get("bias_correction", True)),
+                         float_fallback=tuple(options.get("float_fallback", ())))
+    pre = _preprocess_with(options, preprocess)
+    graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
+    return IntegerArtifact(graph, "NHWC", {"mean": list(pre.mean), "std": list(pre.std),
+                                           "quantized_algorithm": algorithm, "quantized_method": method})
+
+
+@hookimpl
+def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.ndarray) -> np.ndarray | None:
+    """uint8 NHWC pixels (RKNN's native camera input) or a float NCHW batch -> int8 NHWC."""
+    if backend != NAME:
+        return None
+    if batch.dtype == np.uint8:
+        if batch.ndim == 3:
+            batch = batch[None]
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise InputError(f"rknn: uint8 input must be NHWC RGB pixels, got shape {batch.shape}")
+        mean = np.asarray(artifact.extra["mean"]).reshape(1, 3, 1, 1)
+        std = np.asarray(artifact.extra["std"]).reshape(1, 3, 1, 1)
+        batch = (batch.transpose(0, 3, 1, 2).astype(np.float64) - mean) / std
+    return artifact.quantize_float(batch)
+
+
+@hookimpl
+def unified_infer(backend: str, artifact: IntegerArtifact, inputs: np.ndarray) -> np.ndarray | None:
+    return artifact.run(inputs) if backend == NAME else None
+
+
+@hookimpl
+def unified_dequantize_output(backend: str, artifact: IntegerArtifact, outputs: np.ndarray) -> np.ndarray | None:
+    return artifact.dequantize(outputs) if backend == NAME else None

@@ -1,0 +1,161 @@
+"""Choosing an activation's clipping range from its calibration histogram.
+
+All estimators take a `Histogram` (counts of a tensor's values over fixed bins) and return
+(lo, hi); the scheme then turns the range into a scale and zero point.
+
+* minmax     - the observed extremes (RKNN `normal`, Tengine MIN-MAX).
+* percentile - the 0.01% / 99.99% quantiles.
+* mse        - the range minimizing expected squared quantization error over the histogram:
+               rounding noise step^2/12 inside the range plus squared clipping error outside.
+* kl         - the TensorRT / Tengine entropy calibration: the threshold T whose 128-bin
+               quantized distribution has minimal KL divergence from the reference
+               distribution clipped at T (Migacz, "8-bit Inference with TensorRT", 2017),
+               applied to |x| and intersected with the observed range.
+* aciq       - analytical clipping for a Laplace(b) distribution (Banner et al., "Post-training
+               4-bit quantization", 2019): alpha = 9.89 * b at 8 bits, b = E|x - mean|; symmetric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BINS = 2048
+
+
+@dataclass
+class Histogram:
+    """Counts of values over `BINS` equal bins spanning [lo, hi], plus exact extremes and moments."""
+
+    lo: float
+    hi: float
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.float64))
+    total: int = 0
+    abs_dev_sum: float = 0.0
+    sum: float = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        flat = x.reshape(-1)
+        if self.hi > self.lo:
+            c, _ = np.histogram(flat, bins=BINS, range=(self.lo, self.hi))
+            self.counts += c
+        self.total += flat.size
+        self.sum += float(flat.sum(dtype=np.float64))
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.lo, self.hi, BINS + 1)
+
+    @property
+    def centers(self) -> np.ndarray:
+        e = self.edges
+        return (e[:-1] + e[1:]) / 2
+
+
+def minmax(h: Histogram, levels: int) -> tuple[float, float]:
+    return h.lo, h.hi
+
+
+def percentile(h: Histogram, levels: int, pct: float = 99.99) -> tuple[float, float]:
+    cdf = np.cumsum(h.counts) / max(h.counts.sum(), 1)
+    edges = h.edges
+    lo_i = int(np.searchsorted(cdf, (100 - pct) / 100))
+    hi_i = int(np.searchsorted(cdf, pct / 100))
+    return float(edges[lo_i]) if h.lo < 0 else h.lo, float(edges[min(hi_i + 1, BINS)])
+
+
+def _mse_of(h: Histogram, lo: np.ndarray, hi: np.ndarray, levels: int) -> np.ndarray:
+    """Expected squared error for each candidate range (vectorized over candidates)."""
+    x = h.centers[None, :]
+    p = h.counts[None, :] / max(h.counts.sum(), 1)
+    step = (hi - lo)[:, None] / (levels - 1)
+    clipped = np.clip(x, lo[:, None], hi[:, None])
+    err = (x - clipped) ** 2 + step**2 / 12.0
+    return (err * p).sum(axis=1)
+
+
+def mse(h: Histogram, levels: int) -> tuple[float, float]:
+    ratios = np.linspace(0.2, 1.0, 41)
+    lo_c = np.minimum(h.lo * ratios, 0.0)
+    hi_c = np.maximum(h.hi * ratios, 0.0)
+    if h.lo >= 0:
+        lo_grid, hi_grid = np.zeros_like(hi_c), hi_c
+    else:
+        lo_grid, hi_grid = (a.reshape(-1) for a in np.meshgrid(lo_c, hi_c))
+    errors = _mse_of(h, lo_grid, hi_grid, levels)
+    best = int(np.argmin(errors))
+    return float(lo_grid[best]), float(hi_grid[best])
+
+
+def _kl_threshold(abs_counts: np.ndarray, bin_width: float, quant_bins: int = 128) -> float:
+    """TensorRT's entropy calibration on a histogram of |x| starting at 0."""
+    best_kl, best_i = np.inf, len(abs_counts)
+    total_bins = len(abs_counts)
+    for i in range(quant_bins, total_bins + 1, 16):
+        ref = abs_counts[:i].astype(np.float64).copy()
+        ref[i - 1] += abs_counts[i:].sum()  # clipped mass goes to the last bin
+        if ref.sum() == 0:
+            continue
+        # quantize the first i bins into quant_bins, then expand back over non-empty bins
+        edges = np.linspace(0, i, quant_bins + 1).astype(int)
+        q = np.zeros(i)
+        for j in range(quant_bins):
+            a, b = edges[j], max(edges[j + 1], edges[j] + 1)
+            chunk = abs_counts[a:b]
+            nz = chunk > 0
+            if nz.any():
+                q[a:b][nz] = chunk.sum() / nz.sum()
+        p = ref / ref.sum()
+        qs = q.sum()
+        if qs == 0:
+            continue
+        q = q / qs
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i * bin_width
+
+
+def kl(h: Histogram, levels: int) -> tuple[float, float]:
+    centers = h.centers
+    width = (h.hi - h.lo) / BINS
+    amax = max(abs(h.lo), abs(h.hi))
+    abs_counts, _ = np.histogram(np.abs(centers), bins=BINS, range=(0, amax), weights=h.counts)
+    threshold = _kl_threshold(abs_counts, amax / BINS)
+    del width
+    return max(h.lo, -threshold), min(h.hi, threshold)
+
+
+def aciq(h: Histogram, levels: int) -> tuple[float, float]:
+    p = h.counts / max(h.counts.sum(), 1)
+    mean = float((p * h.centers).sum())
+    b = float((p * np.abs(h.centers - mean)).sum())
+    alpha = 9.89 * b
+    return max(h.lo, -alpha), min(h.hi, alpha)
+
+
+ESTIMATORS = {"minmax": minmax, "percentile": percentile, "mse": mse, "kl": kl, "aciq": aciq}
+
+
+def weight_ranges(w: np.ndarray, per_channel: bool, method: str, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 0) or per-tensor weight ranges; `mse` shrinks each range to minimize MSE."""
+    flat = w.reshape(w.shape[0], -1).astype(np.float64) if per_channel else w.reshape(1, -1).astype(np.float64)
+    lo = np.minimum(flat.min(axis=1), 0.0)
+    hi = np.maximum(flat.max(axis=1), 0.0)
+    if method != "mse":
+        return lo, hi
+    best_lo, best_hi = lo.copy(), hi.copy()
+    best_err = np.full(flat.shape[0], np.inf)
+    for r in np.linspace(0.5, 1.0, 26):
+        l, u = lo * r, hi * r
+        step = np.maximum(u - l, 1e-12) / (levels - 1)
+        zp = np.round(-l / step)
+        q = np.clip(np.round(flat / step[:, None]) + zp[:, None], 0, levels - 1)
+        err = ((q - zp[:, None]) * step[:, None] - flat) ** 2
+        e = err.sum(axis=1)
+        better = e < best_err
+        best_err = np.where(better, e, best_err)
+        best_lo = np.where(better, l, best_lo)
+        best_hi = np.where(better, u, best_hi)
+    return best_lo, best_hi
