@@ -47,7 +47,11 @@ def run_tapped(
 ) -> None:
     """Run `model` over the calibration set and hand each batch's tapped tensors to `consume`."""
     session = float_session(with_outputs(model, names))
-    input_name = graph_inputs(model)[0].name
+    inp = graph_inputs(model)[0]
+    input_name = inp.name
+    first = inp.type.tensor_type.shape.dim[0] if inp.type.tensor_type.shape.dim else None
+    if first is not None and first.HasField("dim_value"):
+        batch_size = first.dim_value  # a model exported with a fixed batch takes only that batch
     for batch in calibration.batches(batch_size):
         values = session.run(names, {input_name: batch})
         consume(dict(zip(names, values)))

@@ -75,6 +75,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     from onnx.reference import ReferenceEvaluator
 
+    static_shapes = _static_shapes(model)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     kept: list[onnx.NodeProto] = []
@@ -82,6 +83,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(_constant_value(node))
+            continue
+        if node.op_type == "Shape" and node.input[0] in static_shapes and not node.attribute:
+            consts[node.output[0]] = np.array(static_shapes[node.input[0]], dtype=np.int64)
             continue
         if all((not name) or name in consts for name in node.input) and node.op_type not in ("RandomNormal", "RandomUniform"):
             if not any(o in graph_outputs for o in node.output):
@@ -103,6 +107,20 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in consts.items() if name in used)
     del graph.value_info[:]
     return model
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Tensors whose shape shape inference fixes completely (so a Shape of them is a constant)."""
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:
+        return {}
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+    return shapes
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto:

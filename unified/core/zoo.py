@@ -75,8 +75,12 @@ ZOO: dict[str, ZooEntry] = {
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
-def export_torch(module: object, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> onnx.ModelProto:
-    """Export a torch module to a checked ONNX model with a free batch dimension."""
+def export_torch(module: object, input_shape: tuple[int, ...] = (1, 3, 224, 224), dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Export a torch module to a checked ONNX model (batch dimension free unless `dynamic_batch=False`).
+
+    A fixed batch lets the exporter's shape arithmetic (e.g. ShuffleNet's channel shuffle) fold
+    into constants, which NPU-style integer engines need.
+    """
     import io
 
     import torch
@@ -90,7 +94,7 @@ def export_torch(module: object, input_shape: tuple[int, ...] = (1, 3, 224, 224)
         torch.onnx.export(
             module, torch.zeros(input_shape), buffer, dynamo=False, opset_version=17,
             input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None,
         )
     model = onnx.load_from_string(buffer.getvalue())
     model = constants_to_initializers(model)

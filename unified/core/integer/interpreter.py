@@ -68,6 +68,17 @@ class Interpreter:
                     values.pop(name, None)
         return values[g.output_name]
 
+    def run_all(self, x: np.ndarray, tap: Tap | None = None) -> dict[str, np.ndarray]:
+        """Every tensor of one run by name (per-layer analysis and the fidelity oracle)."""
+        values: dict[str, np.ndarray] = {}
+        g = self.graph
+        values[g.input_name] = x
+        for node in g.nodes:
+            inputs = [values[n] for n in node.inputs]
+            outs = self._run_float(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap or _no_tap)
+            values.update(zip(node.outputs, outs))
+        return values
+
     def _run_float(self, node, inputs: list[np.ndarray]) -> list[np.ndarray]:
         g = self.graph
         feeds = {}

@@ -239,6 +239,16 @@ def split(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) ->
     return list(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
 
 
+def slice_(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    x = inputs[0]
+    index = [slice(None)] * x.ndim
+    for start, end, axis, step in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"], node.attrs["steps"]):
+        size = x.shape[axis]
+        end = max(min(end, size), -size - 1) if step > 0 else end
+        index[axis] = slice(start, end if abs(end) < 2**62 else None, step)
+    return [x[tuple(index)]]
+
+
 def pad(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     x = inputs[0]
     p = node.attrs["pads"]
@@ -254,5 +264,5 @@ KERNELS: dict[str, Kernel] = {
     "conv": conv, "gemm": gemm, "add": add, "mul": mul, "concat": concat,
     "global_avg": global_avg, "avgpool": avgpool, "maxpool": maxpool, "clamp": clamp, "lut": lut,
     "softmax": softmax, "reshape": reshape, "flatten": flatten, "transpose": transpose,
-    "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "pad": pad, "const": const,
+    "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "slice": slice_, "pad": pad, "const": const,
 }

@@ -22,7 +22,7 @@ from unified.core.integer.ranges import ESTIMATORS, weight_ranges
 from unified.core.integer.scheme import Scheme, TensorQ, widen_to_zero
 from unified.core.onnx_model import graph_inputs
 
-SHARED_PARAM_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Pad", "Relu", "Clip"}
+SHARED_PARAM_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Pad", "Relu", "Clip"}
 LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
     "Tanh": lambda x, a: np.tanh(x),
@@ -296,7 +296,8 @@ class Lowering:
         m, s = _mult(tx.scale / (counts.reshape(-1) * to.scale))
         self.nodes.append(IntNode("avgpool", node.name or node.output[0], [x], [node.output[0]], "AveragePool",
                                   {"kernel": kernel, "strides": strides, "pads": pads, "out_hw": [oh, ow],
-                                   "zx": tx.zero_point, "zo": to.zero_point},
+                                   "zx": tx.zero_point, "zo": to.zero_point, "ceil_mode": ceil,
+                                   "count_include_pad": a.get("count_include_pad", 0)},
                                   {"mult": m.reshape(oh, ow), "shift": s.reshape(oh, ow)}))
         self.tensors[node.output[0]] = to
 
@@ -327,6 +328,14 @@ class Lowering:
         elif op == "Split":
             split = a.get("split") or (self.inits[node.input[1]].astype(int).tolist() if len(node.input) > 1 and node.input[1] else None)
             attrs, kernel = {"axis": a.get("axis", 0), "split": split, "num_outputs": len(node.output)}, "split"
+        elif op == "Slice":
+            vals = [self.inits[n].astype(np.int64).tolist() if n in self.inits else None for n in node.input[1:]]
+            if any(v is None for v in vals[:2]) or any(n and n not in self.inits for n in node.input[1:]):
+                raise UnsupportedOperatorError(f"Slice node {name!r}: starts/ends/axes/steps must be constant")
+            starts, ends = vals[0], vals[1]
+            axes = vals[2] if len(vals) > 2 and vals[2] is not None else list(range(len(starts)))
+            steps = vals[3] if len(vals) > 3 and vals[3] is not None else [1] * len(starts)
+            attrs, kernel = {"starts": starts, "ends": ends, "axes": axes, "steps": steps}, "slice"
         elif op == "Pad":
             pads = self.inits[node.input[1]].astype(int).tolist()
             value = float(self.inits[node.input[2]].reshape(-1)[0]) if len(node.input) > 2 and node.input[2] else 0.0
@@ -350,7 +359,7 @@ class Lowering:
         y = LUT_FUNCTIONS[node.op_type]((levels - tx.zero_point) * tx.scale, _attrs(node))
         table = np.clip(self.scheme.rounding.round(y / to.scale) + to.zero_point, self.scheme.qmin, self.scheme.qmax)
         self.nodes.append(IntNode("lut", node.name or node.output[0], [x], [node.output[0]], node.op_type,
-                                  {"offset": -self.scheme.qmin}, {"table": table.astype(np.int64)}))
+                                  {"offset": -self.scheme.qmin, "onnx_attrs": _attrs(node)}, {"table": table.astype(np.int64)}))
         self.tensors[node.output[0]] = to
 
     def lower_softmax(self, node: onnx.NodeProto) -> None:
