@@ -4,7 +4,7 @@ Inputs and outputs are 8-bit integer arrays (NCHW). Accumulation is exact intege
 products of zero-point-shifted 8-bit values are summed by BLAS in float32 when lowering proved
 every partial sum is an integer below 2^24 (so no rounding can occur), else in float64 (exact
 below 2^53), then converted to int64 accumulators; requantization is fixed point
-(`multiply_by_quantized_multiplier`) with the backend's rounding policy, then saturation.
+(an int32 multiplier and shift, one rounding by the backend's policy), then saturation.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from unified.core.integer.fixed_point import multiply_by_quantized_multiplier as mbqm
+from unified.core.integer.fixed_point import requantize as mbqm
 from unified.core.integer.fixed_point import requantize
 from unified.core.integer.integer_graph import IntegerGraph, IntNode
 

@@ -1,0 +1,249 @@
+"""The integer engine: rounding, fixed point, the RKNN scheme, integer-only execution, fidelity."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import unified
+from unified.core.integer.fidelity import end_to_end, layer_agreement
+from unified.core.integer.fixed_point import (
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    requantize,
+)
+from unified.core.integer.rounding import RoundingPolicy
+from unified.backends.rknn.scheme import RknnScheme
+
+PRE16 = unified.Preprocess(resize=16, crop=16)
+TIES = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])
+
+
+@pytest.mark.parametrize("policy, expected", [
+    (RoundingPolicy.TIES_TO_EVEN, [-2, -2, 0, 0, 2, 2]),
+    (RoundingPolicy.TIES_AWAY, [-3, -2, -1, 1, 2, 3]),
+    (RoundingPolicy.TRUNCATE, [-2, -1, 0, 0, 1, 2]),
+])
+def test_rounding_policy_table(policy: RoundingPolicy, expected: list[int]) -> None:
+    assert policy.round(TIES).tolist() == expected
+    # the same policy on the integer path: x / 2 for x = 2 * value
+    assert policy.divide_by_pot((TIES * 2).astype(np.int64), 1).tolist() == expected
+    # and through the fused requantization with a multiplier of exactly 1/2
+    m, s = quantize_multiplier(0.5)
+    assert requantize((TIES * 2).astype(np.int64), m, s, policy).tolist() == expected
+
+
+def test_quantize_multiplier_matches_tflite() -> None:
+    m, s = quantize_multiplier(np.array([0.5, 0.25, 1.0, 0.0]))
+    assert m.tolist() == [1 << 30, 1 << 30, 1 << 30, 0]
+    assert s.tolist() == [0, -1, 1, 0]
+    m, s = quantize_multiplier(0.0123)
+    assert abs(m[0] * 2.0 ** (s[0] - 31) - 0.0123) < 1e-10
+
+
+def test_requantization_is_within_half_a_step_of_the_real_product() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.uniform(1e-5, 0.9, size=64)
+    m, s = quantize_multiplier(real)
+    acc = rng.integers(-(2**24), 2**24, size=(1000, 64))
+    for policy in (RoundingPolicy.TIES_TO_EVEN, RoundingPolicy.TIES_AWAY):
+        err = np.abs(requantize(acc, m, s, policy) - acc * real)
+        assert err.max() <= 0.5 + 2**24 * 2.0**-31  # rounding + the multiplier's own 31-bit error
+
+
+@pytest.mark.parametrize("policy", list(RoundingPolicy))
+def test_fused_requantize_is_bit_identical(policy: RoundingPolicy) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m, s = quantize_multiplier(rng.uniform(1e-6, 100.0, size=16))
+        acc = rng.integers(-(2**26), 2**26, size=(2, 16, 40)).astype(np.int64)
+        acc[0, :, :4] = [0, 1, -1, 1 << 20]
+        ref = multiply_by_quantized_multiplier(acc, m.reshape(1, -1, 1), s.reshape(1, -1, 1), policy)
+        assert np.array_equal(requantize(acc, m.reshape(1, -1, 1), s.reshape(1, -1, 1), policy), ref)
+
+
+def test_rknn_normal_scales_by_hand() -> None:
+    scheme = RknnScheme("channel")
+    t = scheme.activation_params(-1.0, 3.0)
+    assert t.scale == pytest.approx(4.0 / 255)
+    assert t.zero_point == -128 - round(-1.0 / (4.0 / 255))  # = -64 (round(-63.75) = -64)
+    assert t.zero_point == -64
+    # a range not containing 0 is widened to contain it
+    t = scheme.activation_params(0.5, 2.0)
+    assert (t.scale, t.zero_point) == (pytest.approx(2.0 / 255), -128)
+    # per-channel weights: each channel its own asymmetric range
+    w = np.array([[-0.5, 0.25, 1.0], [-2.0, -1.0, 0.0]])
+    lo, hi = np.minimum(w.min(1), 0), np.maximum(w.max(1), 0)
+    scale, zp = scheme.weight_params(lo, hi)
+    assert scale.tolist() == pytest.approx([1.5 / 255, 2.0 / 255])
+    assert zp.tolist() == [-128 - round(-0.5 / (1.5 / 255)), 127]
+    q = scheme.quantize_weight(w, scale, zp)
+    assert q.tolist()[1] == [-128, np.rint(-1.0 / (2 / 255)) + 127, 127]
+    # lite0's input: mean 127, std 128 -> scale 1/128, zero point -1 (q = pixel - 128)
+    t = scheme.activation_params(-127 / 128, 1.0)
+    assert (t.scale, t.zero_point) == (pytest.approx(1 / 128), -1)
+
+
+def test_mean_std_are_folded_into_an_exact_int8_input(tiny_model) -> None:
+    pre = unified.Preprocess(resize=16, crop=16)
+    cal = [pre(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)) for i in range(8)]
+    qm = unified.quantize(tiny_model, backend="rknn", calibration=cal, preprocess=pre)
+    assert qm.input_quant.dtype == "int8" and qm.input_quant.layout == "NHWC"
+    assert (qm.input_quant.scale, qm.input_quant.zero_point) == (pytest.approx(1 / 128), -1)
+    pixels = np.random.default_rng(5).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    q = qm.quantize_input(pixels)
+    assert q.dtype == np.int8 and q.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(q.astype(int), pixels.astype(int) - 128)
+    np.testing.assert_array_equal(qm.quantize_input(pre.normalize(pixels)), q)  # float path agrees
+
+
+@pytest.fixture(scope="module")
+def tiny_rknn(tiny_model, tiny_calibration):
+    return unified.quantize(tiny_model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16)
+
+
+def test_integer_only_between_quantize_and_dequantize(tiny_rknn, tiny_batch) -> None:
+    seen: list[tuple[str, str, np.dtype]] = []
+    q = tiny_rknn.quantize_input(tiny_batch)
+    tiny_rknn.artifact.run(q, tap=lambda node, kind, arr: seen.append((node, kind, arr.dtype)))
+    activations = [d for _, k, d in seen if k == "activation"]
+    accumulators = [d for _, k, d in seen if k == "accumulator"]
+    assert len(activations) >= 6 and len(accumulators) >= 4
+    assert all(d == np.int8 for d in activations), activations
+    assert all(np.issubdtype(d, np.integer) for d in accumulators), accumulators
+
+
+def test_conv_accumulation_is_exact_integer_math(tiny_rknn, tiny_batch) -> None:
+    """The BLAS-based accumulation equals a pure int64 convolution, element for element."""
+    graph = tiny_rknn.artifact.graph
+    conv = next(n for n in graph.nodes if n.op == "conv" and n.attrs["group"] == 1)
+    x = np.ascontiguousarray(tiny_rknn.quantize_input(tiny_batch).transpose(0, 3, 1, 2))
+    accs = []
+    tiny_rknn.artifact.interpreter.run(x, tap=lambda node, kind, arr: accs.append(arr) if node == conv.name and kind == "accumulator" else None)
+    xs = np.pad(x.astype(np.int64) - conv.attrs["zx"], ((0, 0), (0, 0), (1, 1), (1, 1)))
+    w = conv.arrays["w"].astype(np.int64)
+    ref = np.zeros(accs[0].shape, np.int64)
+    for i in range(3):
+        for j in range(3):
+            ref += np.einsum("nchw,oc->nohw", xs[:, :, i:i + 16, j:j + 16], w[:, :, i, j])
+    ref += conv.arrays["bias"].reshape(1, -1, 1, 1)
+    np.testing.assert_array_equal(accs[0], ref)
+
+
+def test_run_quantized_and_dequantize_by_hand(tiny_rknn, tiny_batch) -> None:
+    q_in = tiny_rknn.quantize_input(tiny_batch)
+    q_out = tiny_rknn.run_quantized(q_in)
+    assert q_out.dtype == np.int8 and q_out.shape == (4, 10)
+    oq = tiny_rknn.output_quant
+    by_hand = (q_out.astype(np.float64) - oq.zero_point) * oq.scale
+    np.testing.assert_allclose(tiny_rknn.run(tiny_batch), by_hand, rtol=1e-6)
+
+
+def test_close_to_fp32(tiny_model, tiny_rknn, tiny_batch) -> None:
+    ref = unified.quantize(tiny_model, backend="ort", mode="fp32").run(tiny_batch)
+    out = tiny_rknn.run(tiny_batch)
+    assert np.abs(out - ref).max() <= 4 * tiny_rknn.output_quant.scale + 0.02 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("algorithm", ["normal", "mmse", "kl_divergence"])
+@pytest.mark.parametrize("method", ["channel", "layer"])
+def test_algorithms_and_methods(tiny_model, tiny_calibration, tiny_batch, algorithm, method) -> None:
+    qm = unified.quantize(tiny_model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16,
+                          quantized_algorithm=algorithm, quantized_method=method)
+    ref = unified.quantize(tiny_model, backend="ort", mode="fp32").run(tiny_batch)
+    out = qm.run(tiny_batch)
+    cos = (out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref)
+    assert cos > 0.97, (algorithm, method, cos)
+    scales = [n.arrays["w_scale"] for n in qm.artifact.graph.nodes if n.op == "conv"]
+    assert all((len(set(s.tolist())) == 1) == (method == "layer") for s in scales)
+
+
+def test_fidelity_on_tiny_model(tiny_rknn, tiny_batch) -> None:
+    x = np.ascontiguousarray(tiny_rknn.quantize_input(tiny_batch).transpose(0, 3, 1, 2))
+    for layer in layer_agreement(tiny_rknn.artifact.graph, x):
+        assert layer.within_one_step >= 0.999, str(layer)
+    engine, export = end_to_end(tiny_rknn.artifact.graph, x)
+    assert np.abs(engine.astype(int) - export.astype(int)).max() <= 2
+
+
+# -- graphs with ops the engine must refuse or fall back on --------------------------------------
+
+def _model_with_op(op: str) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c"], ["e"], name="strange_node"),
+             helper.make_node("GlobalAveragePool", ["e"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["logits"], name="flat")]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_unsupported_op_is_named(tiny_calibration) -> None:
+    with pytest.raises(unified.UnsupportedOperatorError, match=r"Erf \(node 'strange_node'\)"):
+        unified.quantize(_model_with_op("Erf"), backend="rknn", calibration=tiny_calibration[:2], preprocess=PRE16)
+
+
+def test_float_fallback_runs_the_op(tiny_calibration, tiny_batch) -> None:
+    model = _model_with_op("Erf")
+    calibration = list(tiny_calibration) + [tiny_batch[i:i + 1] for i in range(4)]
+    qm = unified.quantize(model, backend="rknn", calibration=calibration, preprocess=PRE16,
+                          float_fallback=["Erf"], quantized_algorithm="normal")
+    assert [n.source for n in qm.artifact.graph.nodes if n.op == "float"] == ["Erf(float)"]
+    ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
+    np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=3 * qm.output_quant.scale)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+def test_nan_and_inf_calibration(tiny_model, tiny_calibration, tmp_path) -> None:
+    bad = [t.copy() for t in tiny_calibration[:3]]
+    bad[1][0, 0, 0, 0] = np.inf
+    with pytest.raises(unified.CalibrationError, match="item 1.*Inf"):
+        unified.quantize(tiny_model, backend="rknn", calibration=bad, preprocess=PRE16)
+
+
+def test_wrong_image_size_and_channels(tiny_rknn) -> None:
+    with pytest.raises(unified.InputError, match="does not match"):
+        tiny_rknn.run_quantized(np.zeros((1, 20, 20, 3), np.int8))
+    with pytest.raises(unified.InputError, match="NHWC RGB"):
+        tiny_rknn.quantize_input(np.zeros((1, 16, 16, 4), np.uint8))
+    with pytest.raises(unified.InputError, match="shape"):
+        tiny_rknn.run(np.zeros((1, 1, 16, 16), np.float32))
+    with pytest.raises(unified.InputError, match="NaN"):
+        tiny_rknn.run(np.full((1, 3, 16, 16), np.nan, np.float32))
+
+
+def test_save_load_is_bit_exact_and_rejects_damage(tiny_rknn, tiny_batch, tmp_path) -> None:
+    path = tmp_path / "tiny.rknn-emu"
+    tiny_rknn.save(path)
+    loaded = unified.load(path)
+    assert loaded.backend == "rknn"
+    np.testing.assert_array_equal(loaded.run(tiny_batch), tiny_rknn.run(tiny_batch))
+    assert loaded.input_quant == tiny_rknn.input_quant
+    data = path.read_bytes()
+    (tmp_path / "cut").write_bytes(data[:-100])
+    with pytest.raises(unified.SavedModelError):
+        unified.load(tmp_path / "cut")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "tiny.rknn-emu"]
+
+
+def test_unknown_options_are_rejected(tiny_model, tiny_calibration) -> None:
+    with pytest.raises(unified.BackendError, match="quantized_algorithm='fast'"):
+        unified.quantize(tiny_model, backend="rknn", calibration=tiny_calibration, quantized_algorithm="fast")
+    with pytest.raises(unified.BackendError, match="unknown options.*'colour'"):
+        unified.quantize(tiny_model, backend="rknn", calibration=tiny_calibration, colour="red")
+
+
+def test_dataset_txt_calibration(tmp_path, tiny_model) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+        lines.append(f"im{i}.png")
+    (tmp_path / "dataset.txt").write_text("\n".join(lines) + "\n")
+    qm = unified.quantize(tiny_model, backend="rknn", calibration=str(tmp_path / "dataset.txt"), preprocess=PRE16)
+    assert qm.run(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 10)
