@@ -78,9 +78,11 @@ def _matplotlib_photos() -> list[Photo]:
 
 
 def offline_photos() -> list[Photo]:
-    """All photos available offline, in a fixed order (bundled photo first)."""
-    photos = [Photo("unified:chelsea.jpg", to_rgb(open_image(bundled_photo_path())))]
-    return photos + _skimage_photos() + _sklearn_photos() + _matplotlib_photos()
+    """All photos available offline, in a fixed order (the bundled cat only if scikit-image's is absent)."""
+    photos = _skimage_photos() + _sklearn_photos() + _matplotlib_photos()
+    if not any(p.name == "skimage:chelsea" for p in photos):
+        photos.insert(0, Photo("unified:chelsea.jpg", to_rgb(open_image(bundled_photo_path()))))
+    return photos
 
 
 def random_crops(n: int, seed: int, photos: list[Photo] | None = None) -> list[Image.Image]:

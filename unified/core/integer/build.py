@@ -68,8 +68,9 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
     if options.bias_correction:
         prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method))
     stats = collect(prepared, calibration, options.range_method, mean_of=[])
-    return lower(prepared, stats, scheme, options.range_method, options.weight_method,
-                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback))
+    graph = lower(prepared, stats, scheme, options.range_method, options.weight_method,
+                  input_range(preprocess) if preprocess is not None else None, set(options.float_fallback))
+    return graph
 
 
 def op_types(model: onnx.ModelProto) -> Iterable[str]:

@@ -145,9 +145,20 @@ class Lowering:
         qhi = qmax if not np.isfinite(hi) else min(qmax, int(self.scheme.rounding.round(hi / tq.scale)) + tq.zero_point)
         return qlo, qhi
 
-    def quantized_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def quantized_weights(self, w: np.ndarray, bias: np.ndarray | None = None,
+                          input_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = weight_ranges(w, self.scheme.per_channel_weights, self.weight_method, 256)
         scale, zp = self.scheme.weight_params(lo, hi)
+        if bias is not None:
+            # A near-dead channel (tiny weights) with a large bias would need an int32 bias beyond
+            # 2^31 at scale s_in * s_w; widen that channel's weight range until the bias fits.
+            limit = np.abs(bias) / (input_scale * (2**31 - 1) * 0.999)
+            if self.scheme.per_channel_weights:
+                grow = np.where(scale < limit, limit / np.maximum(scale, 1e-30), 1.0)
+            else:
+                grow = np.full_like(scale, max(1.0, float((limit / scale[0]).max())))
+            if np.any(grow > 1.0):
+                scale, zp = self.scheme.weight_params(lo * grow, hi * grow)
         if not self.scheme.per_channel_weights:
             scale = np.full(w.shape[0], float(scale[0]))
             zp = np.full(w.shape[0], int(zp[0]))
@@ -181,7 +192,7 @@ class Lowering:
         out_name = act.output[0] if act is not None else node.output[0]
         bounds = self.clip_bounds(act)
         to = self.output_params(out_name, bounds)
-        wq, sw, zw = self.quantized_weights(w)
+        wq, sw, zw = self.quantized_weights(w, bias, tx.scale)
         w_shifted = (wq - zw.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.int16)
         bias_scale = self.scheme.bias_scale(tx.scale, sw)
         bq = np.zeros(w.shape[0], np.int64) if bias is None else np.clip(
@@ -189,7 +200,8 @@ class Lowering:
         mult, shift = _mult(bias_scale / to.scale)
         qlo, qhi = self.clamp_q(to, bounds)
         attrs: dict[str, Any] = {"zx": tx.zero_point, "zo": to.zero_point, "act_min": qlo, "act_max": qhi,
-                                 "exact": self.exact_dtype(w_shifted, tx.zero_point)}
+                                 "exact": self.exact_dtype(w_shifted, tx.zero_point),
+                                 "preact": node.output[0]}
         if node.op_type == "Conv":
             kshape = list(w.shape[2:])
             attrs.update(strides=a.get("strides", [1, 1]), pads=a.get("pads", [0, 0, 0, 0]),
