@@ -37,8 +37,10 @@ class Histogram:
     def add(self, x: np.ndarray) -> None:
         flat = x.reshape(-1)
         if self.hi > self.lo:
-            c, _ = np.histogram(flat, bins=BINS, range=(self.lo, self.hi))
-            self.counts += c
+            # uniform bins: index arithmetic + bincount, ~10x faster than np.histogram
+            idx = ((flat - np.float32(self.lo)) * np.float32(BINS / (self.hi - self.lo))).astype(np.int32)
+            np.clip(idx, 0, BINS - 1, out=idx)
+            self.counts += np.bincount(idx, minlength=BINS)
         self.total += flat.size
         self.sum += float(flat.sum(dtype=np.float64))
 

@@ -1,0 +1,78 @@
+"""End to end on EfficientNet-Lite0 with the rknn backend; the fidelity oracle on real networks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified
+from unified.core.integer.fidelity import end_to_end, layer_agreement
+from unified.core.sample_images import bundled_photo_path
+from tests.torchvision_models import ARCHITECTURES, torchvision_onnx
+
+pytestmark = pytest.mark.lite0
+
+
+@pytest.fixture(scope="module")
+def rknn_default():
+    """The default rknn build (mmse + bias correction) on the default calibration (100 crops, seed 1)."""
+    return unified.quantize("efficientnet_lite0", backend="rknn")
+
+
+def _agreement(qm, eval_batch, reference) -> float:
+    out = np.concatenate([qm.run(eval_batch[i:i + 25]) for i in range(0, len(eval_batch), 25)])
+    return float((out.argmax(1) == reference.argmax(1)).mean())
+
+
+def test_default_keeps_95_percent_of_fp32_decisions(rknn_default, eval_batch, lite0_fp32_logits) -> None:
+    agree = _agreement(rknn_default, eval_batch, lite0_fp32_logits)
+    print(f"\nrknn default (mmse, channel, bias correction) keeps {agree:.1%} of fp32 top-1 on {len(eval_batch)} crops")
+    assert agree >= 0.95
+
+
+def test_layer_weights_lose_more_than_channel(lite0, calib_crops, eval_batch, lite0_fp32_logits, rknn_default) -> None:
+    layer = unified.quantize(lite0, backend="rknn", calibration=calib_crops, quantized_algorithm="normal",
+                             quantized_method="layer", bias_correction=False)
+    subset = slice(0, 100)
+    a_layer = _agreement(layer, eval_batch[subset], lite0_fp32_logits[subset])
+    a_channel = _agreement(rknn_default, eval_batch[subset], lite0_fp32_logits[subset])
+    print(f"\nrknn normal/layer keeps {a_layer:.1%}, default channel {a_channel:.1%} (100 crops)")
+    assert a_layer < a_channel - 0.2
+
+
+def test_infer_on_the_cat(rknn_default) -> None:
+    result = rknn_default.infer(bundled_photo_path())
+    fp32 = unified.infer("efficientnet_lite0", bundled_photo_path(), backend="ort", mode="fp32")
+    print("rknn:", result.top5[:3])
+    assert result.top1 in range(281, 286)
+    assert {i for i, _, _ in result.top5[:3]} == {i for i, _, _ in fp32.top5[:3]}
+    assert rknn_default.input_quant.scale == pytest.approx(1 / 128) and rknn_default.input_quant.zero_point == -1
+
+
+def test_native_uint8_pixels_equal_float_path(rknn_default) -> None:
+    pixels = rknn_default.preprocess.pixels(bundled_photo_path())[None]
+    np.testing.assert_array_equal(rknn_default.quantize_input(pixels),
+                                  rknn_default.quantize_input(rknn_default.preprocess.normalize(pixels)))
+
+
+def _check_fidelity(qm, x_float: np.ndarray, label: str) -> None:
+    art = qm.artifact
+    x = np.ascontiguousarray(art.quantize_float(x_float).transpose(0, 3, 1, 2)) if art.layout == "NHWC" else art.quantize_float(x_float)
+    layers = layer_agreement(art.graph, x)
+    worst = min(layers, key=lambda r: (r.within_one_step, -r.max_steps, -r.elements))
+    engine, export = end_to_end(art.graph, x)
+    e2e = int(np.abs(engine.astype(int) - export.astype(int)).max())
+    print(f"\n{label}: {len(layers)} tensors; worst: {worst}; end-to-end max {e2e} steps")
+    assert all(r.within_one_step >= 0.999 for r in layers), [str(r) for r in layers if r.within_one_step < 0.999]
+    assert e2e <= 3
+
+
+def test_fidelity_oracle_lite0(rknn_default, eval_batch) -> None:
+    _check_fidelity(rknn_default, eval_batch[:2], "rknn lite0")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fidelity_oracle_torchvision(arch: str) -> None:
+    rng = np.random.default_rng(0)
+    cal = [rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32) for _ in range(2)]
+    qm = unified.quantize(torchvision_onnx(arch), backend="rknn", calibration=cal, quantized_algorithm="normal")
+    _check_fidelity(qm, rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32), f"rknn {arch}")
