@@ -104,14 +104,35 @@ def tiny_rknn(tiny_model, tiny_calibration):
 
 
 def test_integer_only_between_quantize_and_dequantize(tiny_rknn, tiny_batch) -> None:
+    from unified.core.integer.interpreter import Interpreter
+
     seen: list[tuple[str, str, np.dtype]] = []
-    q = tiny_rknn.quantize_input(tiny_batch)
-    tiny_rknn.artifact.run(q, tap=lambda node, kind, arr: seen.append((node, kind, arr.dtype)))
+    q = np.ascontiguousarray(tiny_rknn.quantize_input(tiny_batch).transpose(0, 3, 1, 2))
+    reference = Interpreter(tiny_rknn.artifact.graph, reference=True)
+    out = reference.run(q, tap=lambda node, kind, arr: seen.append((node, kind, arr.dtype)))
     activations = [d for _, k, d in seen if k == "activation"]
     accumulators = [d for _, k, d in seen if k == "accumulator"]
     assert len(activations) >= 6 and len(accumulators) >= 4
     assert all(d == np.int8 for d in activations), activations
     assert all(np.issubdtype(d, np.integer) for d in accumulators), accumulators
+    # the fast path (float64 carriers where lowering proved exactness) is bit-identical
+    np.testing.assert_array_equal(tiny_rknn.artifact.interpreter.run(q), out)
+
+
+def test_fast_and_reference_interpreters_agree_on_lite0_sized_values(tiny_model) -> None:
+    """Random weights and inputs spanning the whole int8 range: fast and reference paths agree."""
+    from unified.core.integer.interpreter import Interpreter
+
+    rng = np.random.default_rng(11)
+    cal = [rng.uniform(-3, 3, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    for algorithm in ("normal", "mmse"):
+        qm = unified.quantize(tiny_model, backend="rknn", calibration=cal, preprocess=PRE16, quantized_algorithm=algorithm)
+        g = qm.artifact.graph
+        assert any(n.attrs.get("requant_f64") for n in g.nodes)
+        x = rng.integers(-128, 128, (6, 3, 16, 16)).astype(np.int8)
+        fast, ref = Interpreter(g).run_all(x), Interpreter(g, reference=True).run_all(x)
+        for name in ref:
+            np.testing.assert_array_equal(fast[name], ref[name], err_msg=name)
 
 
 def test_conv_accumulation_is_exact_integer_math(tiny_rknn, tiny_batch) -> None:

@@ -5,6 +5,7 @@ manager; whichever backend owns the name answers.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,9 +46,20 @@ def _resolve_mode(spec: BackendSpec, mode: str | None) -> str:
     return mode
 
 
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """A hash of unified's own source: a cached quantized model is stale when the code changes."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cache_path(model_fp: str, backend: str, mode: str, options: dict[str, Any]) -> Path:
     key = json.dumps({"model": model_fp, "backend": backend, "mode": mode, "options": options,
-                      "calibration": "default", "v": QUANT_CACHE_VERSION}, sort_keys=True, default=repr)
+                      "calibration": "default", "v": QUANT_CACHE_VERSION, "code": _code_fingerprint()},
+                     sort_keys=True, default=repr)
     return cache_dir() / "quantized" / f"{backend}-{mode}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.uqm"
 
 

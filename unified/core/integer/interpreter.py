@@ -8,6 +8,7 @@ evaluator, and quantize again.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -24,9 +25,16 @@ def _no_tap(node: str, kind: str, array: np.ndarray) -> None:
 
 
 class Interpreter:
-    """Executes one IntegerGraph; thread-safe (no state is written during `run`)."""
+    """Executes one IntegerGraph; thread-safe (no state is written during `run`).
 
-    def __init__(self, graph: IntegerGraph) -> None:
+    `reference=True` keeps every accumulator and requantization in int64 (the readable reference);
+    the default also uses float64 carriers where lowering proved them exact (`requant_f64`), which
+    is several times faster. Tests check that both modes agree bit for bit.
+    """
+
+    def __init__(self, graph: IntegerGraph, reference: bool = False) -> None:
+        if reference:
+            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes])
         self.graph = graph
         self._fallback: dict[str, object] = {}
         self._lock = threading.Lock()

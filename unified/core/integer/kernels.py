@@ -30,8 +30,38 @@ def _out(values: np.ndarray, g: IntegerGraph, lo: int | None = None, hi: int | N
 CHUNK = 1 << 17  # elements per requantization block: int64 temporaries stay in L2
 
 
+def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int) -> np.ndarray:
+    """The same integer result as `requantize`, carried in float64 where lowering proved it exact.
+
+    With |acc| * m < 2^53 for every channel, acc * (m * 2^-k) is the exact rational a*m/2^k (m is
+    a 31-bit integer, so m * 2^-k is exactly representable), and rint / floor(|v| + 0.5) round it
+    exactly by the policy. This is integer arithmetic in a float64 carrier, like the BLAS sums.
+    """
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+    real = (node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)).reshape(shape)
+    v = acc * real
+    if g.rounding.value == "ties_to_even":
+        np.rint(v, out=v)
+    elif g.rounding.value == "ties_away_from_zero":
+        sign = np.sign(v)
+        np.abs(v, out=v)
+        v += 0.5
+        np.floor(v, out=v)
+        v *= sign
+    else:
+        np.trunc(v, out=v)
+    v += node.attrs["zo"]
+    np.clip(v, node.attrs["act_min"], node.attrs["act_max"], out=v)
+    return v.astype(g.dtype)
+
+
 def _requant(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int) -> np.ndarray:
     """Per-channel fixed-point requantization + zero point + fused-activation clamp, in cache-sized blocks."""
+    if node.attrs.get("requant_f64") and acc.dtype == np.float64:
+        return _requant_f64(acc, node, g, channel_axis)
+    if acc.dtype != np.int64:
+        acc = acc.astype(np.int64)
     shape = [1] * acc.ndim
     shape[channel_axis] = -1
     mult = node.arrays["mult"].reshape(shape)
@@ -84,15 +114,24 @@ def conv(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> 
         wg = w.reshape(group, co // group, cig * kh * kw)
         acc = np.matmul(cols, wg.transpose(0, 2, 1))                      # (n, group, oh*ow, co/g)
         acc = acc.transpose(0, 1, 3, 2).reshape(n, co, oh, ow)
-    acc = acc.astype(np.int64) + node.arrays["bias"].reshape(1, -1, 1, 1)
+    acc = _with_bias(acc, node, (1, -1, 1, 1))
     tap(node.name, "accumulator", acc)
     return [_requant(acc, node, g, 1)]
+
+
+def _with_bias(acc: np.ndarray, node: IntNode, shape: tuple[int, ...]) -> np.ndarray:
+    """Exact integer accumulator plus bias: float64 carrier on the proven-exact path, else int64."""
+    if node.attrs.get("requant_f64"):
+        out = acc.astype(np.float64)
+        out += node.arrays["bias"].reshape(shape)
+        return out
+    return acc.astype(np.int64) + node.arrays["bias"].reshape(shape)
 
 
 def gemm(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     ftype = np.float32 if node.attrs["exact"] == "float32" else np.float64
     x = inputs[0].astype(ftype) - ftype(node.attrs["zx"])
-    acc = (x @ node.arrays["w"].astype(ftype).T).astype(np.int64) + node.arrays["bias"]
+    acc = _with_bias(x @ node.arrays["w"].astype(ftype).T, node, (1, -1))
     tap(node.name, "accumulator", acc)
     return [_requant(acc, node, g, acc.ndim - 1)]
 

@@ -22,6 +22,7 @@ from unified.core.integer.ranges import ESTIMATORS, weight_ranges
 from unified.core.integer.scheme import Scheme, TensorQ, widen_to_zero
 from unified.core.onnx_model import graph_inputs
 
+BIAS_LIMIT = 2**21  # |bias| * m < 2^52: dead channels stay on the exact float64 requantization path
 SHARED_PARAM_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Pad", "Relu", "Clip"}
 LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
@@ -150,9 +151,10 @@ class Lowering:
         lo, hi = weight_ranges(w, self.scheme.per_channel_weights, self.weight_method, 256)
         scale, zp = self.scheme.weight_params(lo, hi)
         if bias is not None:
-            # A near-dead channel (tiny weights) with a large bias would need an int32 bias beyond
-            # 2^31 at scale s_in * s_w; widen that channel's weight range until the bias fits.
-            limit = np.abs(bias) / (input_scale * (2**31 - 1) * 0.999)
+            # A near-dead channel (tiny weights) with a large bias would need an int32 bias near or
+            # beyond 2^31 at scale s_in * s_w (and its accumulator would overflow); widen that
+            # channel's weight range until the bias fits in 2^21. Its weights round to ~0 anyway.
+            limit = np.abs(bias) / (input_scale * float(BIAS_LIMIT))
             if self.scheme.per_channel_weights:
                 grow = np.where(scale < limit, limit / np.maximum(scale, 1e-30), 1.0)
             else:
@@ -199,8 +201,12 @@ class Lowering:
             self.scheme.rounding.round(bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int64)
         mult, shift = _mult(bias_scale / to.scale)
         qlo, qhi = self.clamp_q(to, bounds)
+        xmax = max(self.scheme.qmax - tx.zero_point, tx.zero_point - self.scheme.qmin)
+        acc_bound = np.abs(w_shifted.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1) * xmax + np.abs(bq)
         attrs: dict[str, Any] = {"zx": tx.zero_point, "zo": to.zero_point, "act_min": qlo, "act_max": qhi,
                                  "exact": self.exact_dtype(w_shifted, tx.zero_point),
+                                 # every |acc| * m < 2^53: float64 computes the requantization exactly
+                                 "requant_f64": bool(np.all(acc_bound.astype(np.float64) * mult < 2.0**53)),
                                  "preact": node.output[0]}
         if node.op_type == "Conv":
             kshape = list(w.shape[2:])
