@@ -76,3 +76,16 @@ def test_fidelity_oracle_torchvision(arch: str) -> None:
     cal = [rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32) for _ in range(2)]
     qm = unified.quantize(torchvision_onnx(arch), backend="rknn", calibration=cal, quantized_algorithm="normal")
     _check_fidelity(qm, rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32), f"rknn {arch}")
+
+
+def test_fast_engine_equals_reference_interpreter_on_lite0(rknn_default, eval_batch) -> None:
+    """ORT-accelerated exact accumulation + float64-carried requantization == pure int64 numpy."""
+    from unified.core.integer.interpreter import Interpreter
+
+    art = rknn_default.artifact
+    x = np.ascontiguousarray(art.quantize_float(eval_batch[:2]).transpose(0, 3, 1, 2))
+    fast = Interpreter(art.graph).run_all(x)
+    ref = Interpreter(art.graph, reference=True).run_all(x)
+    assert fast.keys() == ref.keys()
+    for name in ref:
+        np.testing.assert_array_equal(fast[name], ref[name], err_msg=name)

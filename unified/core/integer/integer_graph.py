@@ -43,6 +43,8 @@ class IntegerGraph:
     scheme: dict[str, Any]
     input_shape: list[int | str]
     float_fallback: dict[str, bytes] = field(default_factory=dict)  # node name -> single-node ONNX
+    #: run-time only, never saved: exact fast accumulators by node name (see ort_accumulate)
+    accelerators: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def qmin(self) -> int:

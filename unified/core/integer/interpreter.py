@@ -34,7 +34,14 @@ class Interpreter:
 
     def __init__(self, graph: IntegerGraph, reference: bool = False) -> None:
         if reference:
-            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes])
+            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes],
+                            accelerators={})
+        else:
+            from unified.core.integer.ort_accumulate import conv_accumulator_session
+
+            graph = replace(graph, accelerators={
+                node.name: conv_accumulator_session(node, graph.dtype)
+                for node in graph.nodes if node.op == "conv" and node.attrs.get("exact") == "float32"})
         self.graph = graph
         self._fallback: dict[str, object] = {}
         self._lock = threading.Lock()
