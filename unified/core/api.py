@@ -85,7 +85,7 @@ def quantize(
     source = resolve_model(model, preprocess)
     cal: CalibrationSet | None = None
     cached_at: Path | None = None
-    if spec.needs_calibration(mode):
+    if spec.needs_calibration(mode, options):
         if calibration is None:
             if cache:
                 cached_at = _cache_path(fingerprint(source.proto), backend, mode, options)

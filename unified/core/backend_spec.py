@@ -30,10 +30,14 @@ class BackendSpec:
     #: the consistency thresholds this backend promises against fp32 (used by the conformance suite)
     thresholds: Mapping[str, float] = field(default_factory=dict)
     plugin: str = ""
+    #: optional finer rule: (mode, options) -> whether calibration data is needed
+    calibration_rule: Callable[[str, Mapping[str, Any]], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.io not in ("float", "integer"):
             raise ValueError(f"BackendSpec.io must be 'float' or 'integer', not {self.io!r}")
 
-    def needs_calibration(self, mode: str) -> bool:
+    def needs_calibration(self, mode: str, options: Mapping[str, Any] | None = None) -> bool:
+        if self.calibration_rule is not None:
+            return self.calibration_rule(mode, options or {})
         return mode not in self.calibration_free_modes

@@ -29,6 +29,7 @@ AUTOLOAD_OFF_ENV = "UNIFIED_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "unified.backends.ort.plugin",
     "unified.backends.rknn.plugin",
+    "unified.backends.tengine.plugin",
 )
 
 pm = pluggy.PluginManager("unified")

@@ -51,7 +51,8 @@ class IntegerArtifact:
         if not np.isfinite(x).all():
             raise InputError("input batch contains NaN or Inf values")
         g = self.graph
-        q = g.input_q.quantize(x, g.rounding, g.qmin, g.qmax).astype(g.dtype)
+        q = g.input_q.quantize(x, g.rounding, g.qmin, g.qmax,
+                               bool(g.scheme.get("zero_point_inside_round"))).astype(g.dtype)
         native = np.ascontiguousarray(q.transpose(0, 2, 3, 1)) if self.layout == "NHWC" else q
         self.check_native(native)
         return native

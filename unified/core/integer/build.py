@@ -19,7 +19,9 @@ from unified.core.integer.integer_graph import IntegerGraph
 from unified.core.integer.lowering import lower
 from unified.core.integer.prepare import prepare
 from unified.core.integer.ranges import weight_ranges
-from unified.core.integer.scheme import Scheme
+from unified.core.equalization import equalize
+from unified.core.integer.scale_table import check_names
+from unified.core.integer.scheme import Scheme, TensorQ
 from unified.core.preprocess import Preprocess
 
 
@@ -28,6 +30,7 @@ class BuildOptions:
     range_method: str = "minmax"        # activation range estimator (ranges.ESTIMATORS)
     weight_method: str = "minmax"       # "minmax" | "mse"
     bias_correction: bool = False
+    equalization: bool = False
     float_fallback: tuple[str, ...] = ()
 
 
@@ -61,16 +64,27 @@ def input_range(preprocess: Preprocess) -> tuple[float, float]:
 
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
                         options: BuildOptions, preprocess: Preprocess | None,
-                        corrected_model: onnx.ModelProto | None = None) -> IntegerGraph:
-    if calibration is None or len(calibration) == 0:
-        raise CalibrationError(f"{scheme.name}: quantization needs calibration data")
+                        given: dict[str, TensorQ] | None = None) -> IntegerGraph:
+    """prepare -> [equalize] -> [bias correction] -> calibrate (unless a scale table is `given`) -> lower.
+
+    `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
+    integer input); None: the input range is calibrated like any tensor.
+    """
+    if given is None and (calibration is None or len(calibration) == 0):
+        raise CalibrationError(f"{scheme.name}: quantization needs calibration data (or a scale table)")
     prepared = prepare(model)
+    if given is not None:
+        known = {i.name for i in prepared.graph.input} | {o for n in prepared.graph.node for o in n.output}
+        check_names(given, known, "scale table")
+    if options.equalization:
+        prepared, _ = equalize(prepared)
     if options.bias_correction:
+        if calibration is None:
+            raise CalibrationError(f"{scheme.name}: bias correction needs calibration data")
         prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method))
-    stats = collect(prepared, calibration, options.range_method, mean_of=[])
-    graph = lower(prepared, stats, scheme, options.range_method, options.weight_method,
-                  input_range(preprocess) if preprocess is not None else None, set(options.float_fallback))
-    return graph
+    stats = collect(prepared, calibration, options.range_method, mean_of=[]) if given is None else None
+    return lower(prepared, stats, scheme, options.range_method, options.weight_method,
+                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given)
 
 
 def op_types(model: onnx.ModelProto) -> Iterable[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from unified.core.errors import ModelError, UnsupportedOperatorError
+from unified.core.errors import ModelError, ScaleFileError, UnsupportedOperatorError
 from unified.core.integer.calibrate import TensorStats
 from unified.core.integer.fixed_point import quantize_multiplier
 from unified.core.integer.integer_graph import IntegerGraph, IntNode
@@ -55,12 +55,15 @@ class Lowering:
     """One lowering run: holds the graph being built and the decisions made so far."""
 
     def __init__(self, model: onnx.ModelProto, stats: TensorStats, scheme: Scheme, range_method: str,
-                 weight_method: str, input_range: tuple[float, float] | None, float_fallback: set[str]) -> None:
+                 weight_method: str, input_range: tuple[float, float] | None, float_fallback: set[str],
+                 given: dict[str, TensorQ] | None = None) -> None:
         self.model = model
+        self.given = dict(given or {})
+        self.missing: list[str] = []
         self.graph = model.graph
         self.stats = stats
         self.scheme = scheme
-        self.estimate = ESTIMATORS[range_method]
+        self.estimate = ESTIMATORS.get(range_method, ESTIMATORS["minmax"])
         self.weight_method = weight_method
         self.input_range = input_range
         self.fallback_ops = float_fallback
@@ -90,6 +93,11 @@ class Lowering:
         return self.scheme.activation_params(*widen_to_zero(lo, hi))
 
     def calibrated(self, name: str) -> TensorQ:
+        if name in self.given:
+            return self.given[name]
+        if self.stats is None:
+            self.missing.append(name)
+            return TensorQ(1.0, 0)
         if name not in self.stats.histograms:
             raise ModelError(f"tensor {name!r} has no calibration statistics")
         lo, hi = self.estimate(self.stats.histograms[name], 256)
@@ -133,6 +141,8 @@ class Lowering:
         return lo, hi
 
     def output_params(self, out_name: str, bounds: tuple[float, float]) -> TensorQ:
+        if out_name in self.given or self.stats is None:
+            return self.calibrated(out_name)
         lo_b, hi_b = bounds
         if np.isfinite(lo_b) and np.isfinite(hi_b) and lo_b == 0.0:
             return self.params_from_range(0.0, hi_b)  # ReLU6: exactly [0, 6]
@@ -372,7 +382,8 @@ class Lowering:
         x = node.input[0]
         tx = self.q(x)
         fixed = FIXED_RANGES.get(node.op_type)
-        to = self.params_from_range(*fixed) if fixed else self.calibrated(node.output[0])
+        given = node.output[0] in self.given or self.stats is None
+        to = self.params_from_range(*fixed) if fixed and not given else self.calibrated(node.output[0])
         levels = np.arange(self.scheme.qmin, self.scheme.qmax + 1)
         y = LUT_FUNCTIONS[node.op_type]((levels - tx.zero_point) * tx.scale, _attrs(node))
         table = np.clip(self.scheme.rounding.round(y / to.scale) + to.zero_point, self.scheme.qmin, self.scheme.qmax)
@@ -383,7 +394,7 @@ class Lowering:
     def lower_softmax(self, node: onnx.NodeProto) -> None:
         x = node.input[0]
         tx = self.q(x)
-        to = self.scheme.softmax_output()
+        to = self.given.get(node.output[0], self.scheme.softmax_output())
         d = np.arange(self.scheme.qmax - self.scheme.qmin + 1)
         exp_table = np.round(np.exp(-d * tx.scale) * (1 << 20)).astype(np.int64)
         inv_out = int(round((1 << 16) / to.scale))
@@ -413,7 +424,10 @@ class Lowering:
     # -- the walk -------------------------------------------------------------------------------
     def run(self) -> IntegerGraph:
         x = graph_inputs(self.model)[0].name
-        self.tensors[x] = self.params_from_range(*self.input_range) if self.input_range else self.calibrated(x)
+        if self.input_range and x not in self.given:
+            self.tensors[x] = self.params_from_range(*self.input_range)
+        else:
+            self.tensors[x] = self.calibrated(x)
         unsupported = [f"{n.op_type} (node {n.name or n.output[0]!r})" for n in self.graph.node
                        if n.op_type not in SUPPORTED_OPS and n.op_type not in self.fallback_ops]
         if unsupported:
@@ -447,6 +461,10 @@ class Lowering:
                 if node.output[0] not in self.outputs:
                     raise UnsupportedOperatorError(f"Softmax node {key!r}: only a final Softmax is supported")
                 self.lower_softmax(node)
+        if self.missing:
+            raise ScaleFileError(
+                f"the scale table has no entry for {len(self.missing)} tensor(s) the model needs: "
+                + ", ".join(sorted(set(self.missing))[:20]) + (" ..." if len(set(self.missing)) > 20 else ""))
         out = self.graph.output[0].name
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "N")
                  for d in graph_inputs(self.model)[0].type.tensor_type.shape.dim]
@@ -462,7 +480,8 @@ def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil: int) -> int:
     return out
 
 
-def lower(model: onnx.ModelProto, stats: TensorStats, scheme: Scheme, range_method: str = "minmax",
+def lower(model: onnx.ModelProto, stats: TensorStats | None, scheme: Scheme, range_method: str = "minmax",
           weight_method: str = "minmax", input_range: tuple[float, float] | None = None,
-          float_fallback: set[str] | None = None) -> IntegerGraph:
-    return Lowering(model, stats, scheme, range_method, weight_method, input_range, set(float_fallback or ())).run()
+          float_fallback: set[str] | None = None, given: dict[str, TensorQ] | None = None) -> IntegerGraph:
+    """Lower `model`; tensors in `given` (a scale table) take those parameters instead of calibration."""
+    return Lowering(model, stats, scheme, range_method, weight_method, input_range, set(float_fallback or ()), given).run()

@@ -23,8 +23,13 @@ class TensorQ:
     scale: float
     zero_point: int
 
-    def quantize(self, x: np.ndarray, policy: RoundingPolicy, qmin: int, qmax: int) -> np.ndarray:
-        return np.clip(policy.round(np.asarray(x, np.float64) / self.scale) + self.zero_point, qmin, qmax)
+    def quantize(self, x: np.ndarray, policy: RoundingPolicy, qmin: int, qmax: int,
+                 zero_point_inside_round: bool = False) -> np.ndarray:
+        """round(x / s) + z, or round(x / s + z) for schemes that add the zero point first (Tengine)."""
+        v = np.asarray(x, np.float64) / self.scale
+        if zero_point_inside_round:
+            return np.clip(policy.round(v + self.zero_point), qmin, qmax)
+        return np.clip(policy.round(v) + self.zero_point, qmin, qmax)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return (np.asarray(q, np.float64) - self.zero_point) * self.scale

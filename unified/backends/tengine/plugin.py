@@ -1,0 +1,113 @@
+"""The tengine backend's hooks: Tengine's uint8 per-tensor scheme on the integer engine.
+
+Options:
+  algorithm        "minmax" (default) | "kl" | "aciq"  (quant_tool_uint8's -a 0 / 1 / 2)
+  mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
+  bias_correction  True (default): correct biases for weight rounding from fp32 channel means
+  equalization     False (default): cross-layer equalization where it keeps the float model exact
+  scale_file       build from a `<tensor> <scale> <zero_point>` table instead of calibrating
+  float_fallback   op types to run in float instead of failing
+
+Like a Tengine application, `quantize_input` turns the normalized float input into uint8 with
+the input tensor's scale and zero point, `u8 = clip(round(x / s + z), 0, 255)`, and
+`dequantize_output` returns `(u8 - z) * s`; `run_quantized` takes and gives raw uint8 NCHW buffers.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from unified.backends.tengine.scheme import TengineScheme, format_scale
+from unified.core.backend_spec import BackendSpec
+from unified.core.calibration import CalibrationSet
+from unified.core.errors import BackendError, InputError
+from unified.core.hookspecs import hookimpl
+from unified.core.integer.artifact import IntegerArtifact
+from unified.core.integer.build import BuildOptions, build_integer_graph
+from unified.core.integer.scale_table import read_scale_table, write_scale_table
+from unified.core.preprocess import Preprocess
+
+NAME = "tengine"
+ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}
+KNOWN_OPTIONS = {"mode", "algorithm", "mean", "scale", "bias_correction", "equalization", "scale_file", "float_fallback"}
+
+
+def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
+    return not (options.get("scale_file") and not options.get("bias_correction", True))
+
+
+@hookimpl
+def unified_register_backends(register) -> None:
+    register(BackendSpec(
+        name=NAME,
+        description="Tengine uint8 emulated: u8 asym per-tensor, truncated zero points",
+        io="integer", input_dtype="uint8", output_dtype="uint8", input_layout="NCHW",
+        load_artifact=IntegerArtifact.from_files, calibration_rule=_needs_calibration,
+        thresholds={"top1_agreement": 0.6, "min_cosine": 0.8},
+    ))
+
+
+def _preprocess_with(options: Mapping[str, Any], preprocess: Preprocess) -> Preprocess:
+    mean, scale = options.get("mean"), options.get("scale")
+    if mean is None and scale is None:
+        return preprocess
+
+    def triple(v: Any) -> tuple[float, float, float]:
+        vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+        return tuple(vals * 3 if len(vals) == 1 else vals)  # type: ignore[return-value]
+
+    std = tuple(1.0 / s for s in triple(scale)) if scale is not None else preprocess.std
+    return Preprocess(preprocess.resize, preprocess.crop, triple(mean) if mean is not None else preprocess.mean, std)  # type: ignore[arg-type]
+
+
+@hookimpl
+def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
+                     options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
+    if backend != NAME:
+        return None
+    unknown = set(options) - KNOWN_OPTIONS
+    if unknown:
+        raise BackendError(f"tengine: unknown options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS - {'mode'})}")
+    algorithm = str(options.get("algorithm", "minmax")).lower()
+    if algorithm not in ALGORITHMS:
+        raise BackendError(f"tengine: algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    scale_file = options.get("scale_file")
+    given = read_scale_table(scale_file) if scale_file else None
+    build = BuildOptions(range_method=ALGORITHMS[algorithm], weight_method="minmax",
+                         bias_correction=bool(options.get("bias_correction", True)),
+                         equalization=bool(options.get("equalization", False)),
+                         float_fallback=tuple(options.get("float_fallback", ())))
+    pre = _preprocess_with(options, preprocess)
+    # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
+    graph = build_integer_graph(model, calibration, TengineScheme(symmetric=algorithm == "aciq"), build, None, given)
+    return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std), "algorithm": algorithm})
+
+
+def write_scale_file(artifact: IntegerArtifact, path: str | os.PathLike) -> None:
+    """Write the model's activation table as Tengine prints it (`%f` scales, integer zero points)."""
+    g = artifact.graph
+    constants = {o for n in g.nodes if n.op == "const" for o in n.outputs}
+    write_scale_table(path, {k: v for k, v in g.tensors.items() if k not in constants}, format_scale)
+
+
+@hookimpl
+def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.ndarray) -> np.ndarray | None:
+    if backend != NAME:
+        return None
+    if batch.dtype == np.uint8:
+        raise InputError("tengine: quantize_input takes the normalized float tensor ((pixel - mean) * scale), "
+                         "not uint8 pixels; pass raw uint8 tensors to run_quantized")
+    return artifact.quantize_float(batch)
+
+
+@hookimpl
+def unified_infer(backend: str, artifact: IntegerArtifact, inputs: np.ndarray) -> np.ndarray | None:
+    return artifact.run(inputs) if backend == NAME else None
+
+
+@hookimpl
+def unified_dequantize_output(backend: str, artifact: IntegerArtifact, outputs: np.ndarray) -> np.ndarray | None:
+    return artifact.dequantize(outputs) if backend == NAME else None
