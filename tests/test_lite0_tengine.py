@@ -1,0 +1,54 @@
+"""Tengine on EfficientNet-Lite0: the measured effect of each option, and the fidelity oracle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified
+from tests.test_lite0_rknn import _check_fidelity
+from tests.torchvision_models import ARCHITECTURES, torchvision_onnx
+
+pytestmark = pytest.mark.lite0
+
+
+def _agree(qm, eval_batch, reference) -> float:
+    out = np.concatenate([qm.run(eval_batch[i:i + 25]) for i in range(0, len(eval_batch), 25)])
+    return float((out.argmax(1) == reference.argmax(1)).mean())
+
+
+@pytest.fixture(scope="module")
+def option_figures(lite0, calib_crops, eval_batch, lite0_fp32_logits) -> dict[str, float]:
+    figures = {}
+    for label, opts in [("minmax", dict(bias_correction=False)),
+                        ("equalization", dict(bias_correction=False, equalization=True)),
+                        ("bias correction", dict(bias_correction=True)),
+                        ("both", dict(bias_correction=True, equalization=True))]:
+        qm = unified.quantize(lite0, backend="tengine", calibration=calib_crops, **opts)
+        figures[label] = _agree(qm, eval_batch, lite0_fp32_logits)
+    print("\ntengine share of fp32 top-1 kept on", len(eval_batch), "crops:",
+          ", ".join(f"{k} {v:.1%}" for k, v in figures.items()))
+    return figures
+
+
+def test_bias_correction_is_the_big_lever(option_figures) -> None:
+    # Measured here: minmax 34%, +bias correction 68% (the issue asks >= 80%: not reached, see README)
+    assert option_figures["bias correction"] >= option_figures["minmax"] + 0.25
+    assert option_figures["both"] >= option_figures["bias correction"] - 0.02
+
+
+def test_default_is_minmax_with_bias_correction(option_figures, lite0, eval_batch, lite0_fp32_logits) -> None:
+    qm = unified.quantize("efficientnet_lite0", backend="tengine")
+    assert qm.artifact.extra["algorithm"] == "minmax"
+    assert _agree(qm, eval_batch[:100], lite0_fp32_logits[:100]) >= 0.6
+
+
+def test_fidelity_oracle_lite0(eval_batch) -> None:
+    _check_fidelity(unified.quantize("efficientnet_lite0", backend="tengine"), eval_batch[:2], "tengine lite0")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fidelity_oracle_torchvision(arch: str) -> None:
+    rng = np.random.default_rng(0)
+    cal = [rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32) for _ in range(2)]
+    qm = unified.quantize(torchvision_onnx(arch), backend="tengine", calibration=cal, bias_correction=False)
+    _check_fidelity(qm, rng.normal(0, 1, (1, 3, 224, 224)).astype(np.float32), f"tengine {arch}")
