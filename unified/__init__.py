@@ -17,6 +17,7 @@ under the entry-point group "unified" in your package's pyproject.toml:
 import unified.backends as _builtin_backends_package  # noqa: F401
 from unified.core.api import backends, infer, load, quantize
 from unified.core.backend_spec import BackendSpec
+from unified.core.compare import CompareReport, compare
 from unified.core.calibration import CalibrationSet
 from unified.core.errors import (
     BackendError,
@@ -42,5 +43,5 @@ __all__ = [
     "BackendError", "BackendNotFoundError", "BackendSpec", "CalibrationError", "CalibrationSet",
     "ImageError", "InferenceResult", "InputError", "ModelError", "Preprocess", "QuantParams",
     "QuantizedModel", "SavedModelError", "ScaleFileError", "UnifiedError", "UnsupportedOperatorError",
-    "backends", "hookimpl", "infer", "load", "quantize",
+    "CompareReport", "backends", "compare", "hookimpl", "infer", "load", "quantize",
 ]

@@ -1,4 +1,4 @@
-"""The `unified` command: infer, quantize, backends (compare is added by the consistency tools).
+"""The `unified` command: infer, quantize, compare, backends.
 
 With no model given, the built-in pretrained EfficientNet-Lite0 is used; with no image, the
 bundled cat photo. `unified infer` with no `--backend` runs every installed backend and mode.
@@ -78,6 +78,29 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from unified.core.compare import compare
+
+    images = args.images or None
+    if images and len(images) == 1:
+        images = images[0]
+    report = compare(args.model, images, backends=args.backends, calibration=args.calibration,
+                     layer_images=args.layer_images)
+    print(report.table())
+    for b in report.backends:
+        worst = b.worst_layers(3)
+        if worst:
+            print(f"  {b.label}: most error enters at " + "; ".join(
+                f"{l.tensor} (single {l.single_sqnr_db:.1f} dB, entire {l.entire_sqnr_db:.1f} dB)" for l in worst))
+    if args.json:
+        report.save_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unified", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,18 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backends", help="list installed backends and their I/O contracts")
     p.set_defaults(func=cmd_backends)
 
-    for extend in _cli_extensions():
-        extend(sub)
+    p = sub.add_parser("compare", help="compare backends with fp32 on the same images (table, JSON, plot)")
+    p.add_argument("images", nargs="*", help="images or folders (default: 50 crops of the offline photos)")
+    p.add_argument("--model", help="zoo name or .onnx file (default: efficientnet_lite0)")
+    p.add_argument("--backends", nargs="+", default=["ort", "rknn", "tengine"])
+    p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
+    p.add_argument("--layer-images", type=int, default=8, help="images used by the per-layer analysis")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--plot", help="write a PNG of per-layer error across backends")
+    p.set_defaults(func=cmd_compare)
     return parser
-
-
-def _cli_extensions() -> list[Any]:
-    """Subcommands contributed by other parts of unified (the consistency tools add `compare`)."""
-    try:
-        from unified.consistency.cli import add_compare_command
-    except ImportError:
-        return []
-    return [add_compare_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,3 +63,17 @@ def unified_infer(backend: str, artifact: QuantizedArtifact, inputs: np.ndarray)
 @hookspec(firstresult=True)
 def unified_dequantize_output(backend: str, artifact: QuantizedArtifact, outputs: np.ndarray) -> np.ndarray | None:
     """Turn the backend's native output into float32 logits."""
+
+
+# -- optional: internals for per-layer analysis -------------------------------------------------
+
+@hookspec(firstresult=True)
+def unified_layer_outputs(
+    backend: str, artifact: QuantizedArtifact, inputs: np.ndarray, reference: Mapping[str, np.ndarray] | None
+) -> dict[str, dict[str, np.ndarray]] | None:
+    """Optional: dequantized intermediate tensors, keyed by the prepared float model's tensor names.
+
+    Return ``{"entire": {name: float array}, "single": {name: float array}}``: "entire" from the
+    quantized run on `inputs` (errors accumulated along the graph), "single" from each layer fed
+    the quantized fp32 `reference` tensors (its own error only). Backends without internals skip it.
+    """

@@ -115,3 +115,12 @@ def unified_infer(backend: str, artifact: IntegerArtifact, inputs: np.ndarray) -
 @hookimpl
 def unified_dequantize_output(backend: str, artifact: IntegerArtifact, outputs: np.ndarray) -> np.ndarray | None:
     return artifact.dequantize(outputs) if backend == NAME else None
+
+
+@hookimpl
+def unified_layer_outputs(backend: str, artifact: IntegerArtifact, inputs: np.ndarray, reference):
+    if backend != NAME:
+        return None
+    from unified.core.integer.analysis import layer_outputs
+
+    return layer_outputs(artifact, inputs, reference)
