@@ -13,7 +13,7 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.tiny_models import tiny_classifier  # noqa: E402
+from unified.conformance.tiny_models import tiny_classifier  # noqa: E402
 
 logging.getLogger().setLevel(logging.ERROR)
 

@@ -114,7 +114,7 @@ def test_bad_scale_files(tmp_path, tiny_model, content, message) -> None:
 def test_equalization_keeps_the_float_model_exact(tiny_batch) -> None:
     import onnx
 
-    from tests.tiny_models import tiny_classifier
+    from unified.conformance.tiny_models import tiny_classifier
 
     prepared = prepare(tiny_classifier(seed=4))            # conv1 -> Relu -> depthwise conv: eligible
     equalized, pairs = equalize(prepared)

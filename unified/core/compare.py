@@ -175,8 +175,10 @@ def _reference_tensors(model, x: np.ndarray) -> tuple[dict[str, np.ndarray], lis
         prepared = prepare(model)
         names = [o for n in prepared.graph.node for o in n.output if o]
         session = float_session(with_outputs(prepared, names))
-        values = session.run(names, {graph_inputs(prepared)[0].name: x})
-        return dict(zip(names, values)), names
+        input_name = graph_inputs(prepared)[0].name
+        values = dict(zip(names, session.run(names, {input_name: x})))
+        values[input_name] = x  # so the first layer's "single" figure sees the fp32 input too
+        return values, names
     except Exception:  # a graph the float preparation cannot handle: output-level figures only
         return None
 

@@ -96,7 +96,7 @@ def backend_specs() -> dict[str, BackendSpec]:
     """Every registered backend by name, in registration order."""
     manager = ensure_loaded()
     specs: dict[str, BackendSpec] = {}
-    for impl in reversed(manager.hook.unified_register_backends.get_hookimpls()):
+    for impl in manager.hook.unified_register_backends.get_hookimpls():
         def register(spec: BackendSpec, _plugin_name: str = impl.plugin_name) -> None:
             if spec.name in specs:
                 raise ValueError(f"backend {spec.name!r} registered twice (again by {_plugin_name})")
