@@ -167,9 +167,11 @@ def test_wrong_input_shape_is_input_error(tiny_model) -> None:
         qm.run(np.zeros((1, 4, 16, 16), np.float32))
 
 
-def test_runtime_path_does_not_import_torch(tmp_path, tiny_model, tiny_calibration, tiny_batch) -> None:
+@pytest.mark.parametrize("backend", ["ort", "rknn", "tengine"])
+def test_runtime_path_does_not_import_torch(tmp_path, tiny_model, tiny_calibration, tiny_batch, backend) -> None:
     path = tmp_path / "m.uqm"
-    unified.quantize(tiny_model, backend="ort", calibration=tiny_calibration).save(path)
+    unified.quantize(tiny_model, backend=backend, calibration=tiny_calibration,
+                     preprocess=unified.Preprocess(resize=16, crop=16)).save(path)
     np.save(tmp_path / "x.npy", tiny_batch)
     script = textwrap.dedent(f"""
         import sys, numpy as np, unified

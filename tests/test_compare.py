@@ -33,27 +33,29 @@ def test_compare_on_tiny_model(tiny_model, tiny_calibration, tiny_batch) -> None
     assert rknn.worst_layers(1)[0].tensor in {"r1", "r2", "gap", "flat", "logits"}
 
 
+def test_image_folder_input(tmp_path, tiny_model, tiny_calibration) -> None:
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    report = unified.compare(tiny_model, str(tmp_path), backends=["rknn"], calibration=tiny_calibration,
+                             preprocess=PRE16, layer_images=1)
+    assert report.images == 3 and report.layer_images == 1 and len(report.backends[0].layers) == 5
+
+
 def test_unknown_backend_in_compare(tiny_model) -> None:
     with pytest.raises(unified.BackendNotFoundError, match="npu42"):
         unified.compare(tiny_model, np.zeros((1, 3, 16, 16), np.float32), backends=["npu42"], preprocess=PRE16)
 
 
 @pytest.mark.lite0
-def test_cli_compare_writes_json_and_png(tmp_path) -> None:
-    from unified.core.sample_images import random_crops
-
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i, crop in enumerate(random_crops(12, seed=0)):
-        crop.save(folder / f"{i}.png")
+def test_cli_compare_on_defaults_writes_json_and_png(tmp_path) -> None:
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    proc = subprocess.run([sys.executable, "-m", "unified.core.cli", "compare", str(folder), "--layer-images", "2",
+    proc = subprocess.run([sys.executable, "-m", "unified.core.cli", "compare", "--layer-images", "2",
                            "--json", str(out_json), "--plot", str(out_png)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "top-1" in proc.stdout and "rknn" in proc.stdout and "tengine" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines() if "%" in line) <= 100   # fits a terminal
     data = json.loads(out_json.read_text())
-    assert data["images"] == 12 and data["model"] == "efficientnet_lite0"
+    assert data["images"] == 50 and data["model"] == "efficientnet_lite0"
     labels = [b["label"] for b in data["backends"]]
     assert labels == ["ort", "rknn", "tengine"]
     for b in data["backends"]:
