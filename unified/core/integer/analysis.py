@@ -33,7 +33,7 @@ def layer_outputs(artifact: IntegerArtifact, native: np.ndarray,
             if node.op == "float":
                 outs = artifact.interpreter._run_float(node, inputs)
             else:
-                outs = KERNELS[node.op](node, inputs, artifact.interpreter.graph, lambda *a: None)
+                outs = KERNELS[node.op](node, inputs, artifact.interpreter.graph, None)
             for name, out in zip(node.outputs, outs):
                 single[name] = g.tensors[name].dequantize(out).astype(np.float32)
     return {"entire": entire, "single": single}

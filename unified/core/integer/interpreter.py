@@ -66,6 +66,7 @@ class Interpreter:
         g = self.graph
         if x.dtype != np.dtype(g.dtype):
             raise InputError(f"integer input must be {g.dtype}, got {x.dtype}")
+        listening = tap is not None
         tap = tap or _no_tap
         values: dict[str, np.ndarray] = {g.input_name: x}
         tap("input", "activation", x)
@@ -74,7 +75,7 @@ class Interpreter:
             if node.op == "float":
                 outs = self._run_float(node, inputs)
             else:
-                outs = KERNELS[node.op](node, inputs, g, tap)
+                outs = KERNELS[node.op](node, inputs, g, tap if listening else None)
             for name, value in zip(node.outputs, outs):
                 values[name] = value
                 tap(node.name, "activation", value)
@@ -90,7 +91,7 @@ class Interpreter:
         values[g.input_name] = x
         for node in g.nodes:
             inputs = [values[n] for n in node.inputs]
-            outs = self._run_float(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap or _no_tap)
+            outs = self._run_float(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap)
             values.update(zip(node.outputs, outs))
         return values
 
