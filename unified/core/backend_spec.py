@@ -41,3 +41,12 @@ class BackendSpec:
         if self.calibration_rule is not None:
             return self.calibration_rule(mode, options or {})
         return mode not in self.calibration_free_modes
+
+
+def reject_unknown_options(backend: str, options: Mapping[str, Any], known: set[str]) -> None:
+    """A typo in an option name must fail loudly, naming the option and what the backend knows."""
+    from unified.core.errors import BackendError
+
+    unknown = set(options) - known - {"mode"}
+    if unknown:
+        raise BackendError(f"{backend}: unknown options {sorted(unknown)}; known: {sorted(known - {'mode'})}")

@@ -21,12 +21,13 @@ import numpy as np
 import onnx
 
 from unified.backends.tengine.scheme import TengineScheme, format_scale
-from unified.core.backend_spec import BackendSpec
+from unified.core.backend_spec import BackendSpec, reject_unknown_options
 from unified.core.calibration import CalibrationSet
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
 from unified.core.integer.artifact import IntegerArtifact
 from unified.core.integer.build import BuildOptions, build_integer_graph
+from unified.core.integer.hooks import IntegerBackendHooks
 from unified.core.integer.scale_table import read_scale_table, write_scale_table
 from unified.core.preprocess import Preprocess
 
@@ -68,9 +69,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                      options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
     if backend != NAME:
         return None
-    unknown = set(options) - KNOWN_OPTIONS
-    if unknown:
-        raise BackendError(f"tengine: unknown options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS - {'mode'})}")
+    reject_unknown_options(NAME, options, KNOWN_OPTIONS)
     algorithm = str(options.get("algorithm", "minmax")).lower()
     if algorithm not in ALGORITHMS:
         raise BackendError(f"tengine: algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
@@ -103,20 +102,8 @@ def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.nd
     return artifact.quantize_float(batch)
 
 
-@hookimpl
-def unified_infer(backend: str, artifact: IntegerArtifact, inputs: np.ndarray) -> np.ndarray | None:
-    return artifact.run(inputs) if backend == NAME else None
-
-
-@hookimpl
-def unified_dequantize_output(backend: str, artifact: IntegerArtifact, outputs: np.ndarray) -> np.ndarray | None:
-    return artifact.dequantize(outputs) if backend == NAME else None
-
-
-@hookimpl
-def unified_layer_outputs(backend: str, artifact: IntegerArtifact, inputs: np.ndarray, reference):
-    if backend != NAME:
-        return None
-    from unified.core.integer.analysis import layer_outputs
-
-    return layer_outputs(artifact, inputs, reference)
+# Running the integer graph, dequantizing and per-layer tensors are the engine's, bound to our name.
+_engine = IntegerBackendHooks(NAME)
+unified_infer = _engine.unified_infer
+unified_dequantize_output = _engine.unified_dequantize_output
+unified_layer_outputs = _engine.unified_layer_outputs
