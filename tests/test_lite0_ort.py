@@ -1,7 +1,6 @@
 """End to end on the pretrained EfficientNet-Lite0 with the ort backend."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import unified

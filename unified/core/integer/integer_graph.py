@@ -8,7 +8,6 @@ too, so quantize_input and dequantize_output are the only float steps.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from typing import Any
 

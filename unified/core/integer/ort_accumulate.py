@@ -9,7 +9,6 @@ int8/uint8 x -> Cast -> Sub(zx) -> Conv(w - zw) -> float32 accumulator (bias add
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
