@@ -183,3 +183,17 @@ def test_runtime_path_does_not_import_torch(tmp_path, tiny_model, tiny_calibrati
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_calibration_of_the_wrong_size_is_named(tiny_model) -> None:
+    wrong = [np.zeros((1, 3, 224, 224), np.float32)]
+    with pytest.raises(unified.CalibrationError, match=r"\(1, 3, 224, 224\).*\['N', 3, 16, 16\]|\(1, 3, 224, 224\)"):
+        unified.quantize(tiny_model, backend="rknn", calibration=wrong)
+
+
+def test_default_preprocessing_follows_the_model_input(tiny_model) -> None:
+    from unified.core.model_source import resolve_model
+
+    pre = resolve_model(tiny_model).preprocess
+    assert (pre.resize, pre.crop) == (18, 16)
+    assert resolve_model("efficientnet_lite0").preprocess.crop == 224

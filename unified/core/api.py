@@ -97,6 +97,7 @@ def quantize(
             cal = default_calibration(source.preprocess)
         else:
             cal = make_calibration_set(calibration, source.preprocess)
+        _check_calibration_shape(cal, source.proto)
     artifact = plugins.ensure_loaded().hook.unified_quantize(
         backend=backend, model=source.proto, calibration=cal, options=dict(options, mode=mode),
         preprocess=source.preprocess,
@@ -109,7 +110,18 @@ def quantize(
     return qm
 
 
-def _looks_saved(model: Any) -> bool:
+def _check_calibration_shape(cal: CalibrationSet, model) -> None:
+    from unified.core.errors import CalibrationError
+    from unified.core.onnx_model import input_shape
+
+    expected = input_shape(model)
+    got = cal.tensors[0].shape
+    if len(expected) != len(got) or any(isinstance(e, int) and e > 0 and e != g for e, g in zip(expected[1:], got[1:])):
+        raise CalibrationError(f"calibration tensors have shape {got}, the model's input is {expected} "
+                               "(pass preprocess=unified.Preprocess(resize, crop, mean, std) to match it)")
+
+
+def looks_saved(model: Any) -> bool:
     return isinstance(model, (str, os.PathLike)) and Path(model).is_file() and zipfile.is_zipfile(model)
 
 
@@ -127,6 +139,6 @@ def infer(
     """
     if isinstance(model, QuantizedModel):
         return model.infer(image)
-    if _looks_saved(model):
+    if looks_saved(model):
         return load(model).infer(image)
     return quantize(model, backend=backend, calibration=calibration, mode=mode, **options).infer(image)

@@ -48,8 +48,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     image = args.image or str(bundled_photo_path())
     options = _parse_options(args.option)
     print(f"model: {args.model or 'efficientnet_lite0 (built-in, pretrained)'}   image: {image}")
-    for backend, mode in _runs(args):
-        qm = api.quantize(args.model, backend=backend, mode=mode, calibration=args.calibration, **options)
+    saved = api.load(args.model) if args.model and api.looks_saved(args.model) else None
+    runs = [(saved.backend, saved.mode)] if saved else _runs(args)
+    for backend, mode in runs:
+        qm = saved or api.quantize(args.model, backend=backend, mode=mode, calibration=args.calibration, **options)
         result = qm.infer(image)
         print(f"\n{backend} / {mode}")
         print(format_table(["rank", "class", "label", "probability"],

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from unified.core.errors import ModelError
-from unified.core.onnx_model import check_model, load_onnx
+from unified.core.onnx_model import check_model, input_shape, load_onnx
 from unified.core.preprocess import Preprocess
 from unified.core.zoo import DEFAULT_MODEL, ZOO, export_torch, load_zoo_model
 
@@ -25,6 +25,17 @@ class SourceModel:
     proto: onnx.ModelProto
     name: str
     preprocess: Preprocess
+
+
+def preprocess_for(model: onnx.ModelProto) -> Preprocess:
+    """The default normalization, sized to the model's input: crop = its H (if static and square),
+    resize in the usual 256/224 proportion."""
+    shape = input_shape(model)
+    if len(shape) == 4 and isinstance(shape[2], int) and shape[2] > 0 and shape[2] == shape[3]:
+        crop = shape[2]
+        return Preprocess(resize=int(round(crop * 256 / 224)), crop=crop,
+                          mean=DEFAULT_PREPROCESS.mean, std=DEFAULT_PREPROCESS.std)
+    return DEFAULT_PREPROCESS
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -45,9 +56,11 @@ def resolve_model(model: Any = None, preprocess: Preprocess | None = None) -> So
             raise ModelError(
                 f"model {str(model)!r} is neither a zoo name ({', '.join(sorted(ZOO))}) nor an existing .onnx file"
             )
-        return SourceModel(load_onnx(path), path.stem, preprocess or DEFAULT_PREPROCESS)
+        proto = load_onnx(path)
+        return SourceModel(proto, path.stem, preprocess or preprocess_for(proto))
     if isinstance(model, onnx.ModelProto):
-        return SourceModel(check_model(model), model.graph.name or "model", preprocess or DEFAULT_PREPROCESS)
+        proto = check_model(model)
+        return SourceModel(proto, model.graph.name or "model", preprocess or preprocess_for(proto))
     if _is_torch_module(model):
         pre = preprocess or DEFAULT_PREPROCESS
         return SourceModel(export_torch(model, (1, 3, pre.crop, pre.crop)), type(model).__name__, pre)
