@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 import unified
-from unified.backends.ort.session import session_options
+from unified.core.ort_session import session_options
 from unified.core.sample_images import bundled_photo_path
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from unified.core.errors import CalibrationError, ImageError, UnifiedError
+from unified.core.errors import CalibrationError, ImageError
 from unified.core.preprocess import Preprocess
 from unified.core.progress import progress
 
@@ -108,10 +108,7 @@ def make_calibration_set(source: Any, preprocess: Preprocess, limit: int | None 
         raise CalibrationError(f"calibration set is empty ({description})")
     tensors = []
     for i, item in enumerate(progress(items, len(items), "calibration data")):
-        try:
-            t = _to_tensor(item, preprocess, i)
-        except UnifiedError:
-            raise
+        t = _to_tensor(item, preprocess, i)
         if not np.isfinite(t).all():
             bad = "NaN" if np.isnan(t).any() else "Inf"
             raise CalibrationError(f"calibration item {i} ({_name(item)}) contains {bad} values")

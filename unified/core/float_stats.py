@@ -15,6 +15,7 @@ from onnx import helper
 
 from unified.core.calibration import CalibrationSet
 from unified.core.onnx_model import graph_inputs
+from unified.core.ort_session import make_session
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -30,12 +31,8 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
 
 
 def float_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
     # Basic optimizations only: later levels fuse nodes and would drop the tensors we tap.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return make_session(model.SerializeToString(), optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
 
 
 def run_tapped(

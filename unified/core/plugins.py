@@ -14,8 +14,6 @@ import importlib
 import importlib.metadata
 import os
 import threading
-from typing import Iterable
-
 import pluggy
 
 from unified.core import hookspecs
@@ -65,6 +63,8 @@ def _load_entry_points() -> None:
 def ensure_loaded() -> pluggy.PluginManager:
     """Load built-ins and (unless switched off) entry-point plugins, once."""
     global _loaded
+    if _loaded:  # every run() goes through here: skip the lock once loaded
+        return pm
     with _lock:
         if not _loaded:
             _load_builtins()
@@ -134,5 +134,3 @@ def unregister_plugin(plugin: object) -> None:
     pm.unregister(plugin)
 
 
-def iter_backend_names() -> Iterable[str]:
-    return backend_specs().keys()

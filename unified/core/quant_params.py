@@ -1,8 +1,7 @@
 """`QuantParams`: how a float tensor maps to an integer one, `real = scale * (q - zero_point)`."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,21 +42,6 @@ class QuantParams:
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return ((np.asarray(q, dtype=np.float64) - np.asarray(self.zero_point)) * np.asarray(self.scale)).astype(np.float32)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "QuantParams":
-        scale = data["scale"]
-        zp = data["zero_point"]
-        return cls(
-            scale=tuple(scale) if isinstance(scale, list) else float(scale),
-            zero_point=tuple(zp) if isinstance(zp, list) else int(zp),
-            dtype=data["dtype"],
-            layout=data.get("layout", "NCHW"),
-            axis=data.get("axis"),
-        )
 
     def __str__(self) -> str:
         scale = f"{self.scale:.6g}" if isinstance(self.scale, float) else f"{len(self.scale)} scales"

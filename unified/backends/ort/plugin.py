@@ -35,7 +35,7 @@ class OrtArtifact:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    from unified.backends.ort.session import make_session
+                    from unified.core.ort_session import make_session
 
                     self._session = make_session(self.model_bytes)
                     self._input_name = self._session.get_inputs()[0].name

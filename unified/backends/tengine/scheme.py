@@ -40,29 +40,24 @@ class TengineScheme(Scheme):
     def __init__(self, symmetric: bool = False) -> None:
         self.symmetric = symmetric
 
-    def _params(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _params(self, lo: np.ndarray, hi: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+        """scale = (max - min) / 255, zero point int(-min / scale): C truncation, not rounding."""
         lo = np.minimum(np.asarray(lo, np.float64), 0.0)
         hi = np.maximum(np.asarray(hi, np.float64), 0.0)
-        if self.symmetric:
+        if symmetric:
             a = np.maximum(-lo, hi)
             lo, hi = -a, a
-        raw = (hi - lo) / 255.0
-        raw = np.where(raw > 0, raw, 1.0)
-        zero_point = np.clip(np.trunc(-lo / raw), 0, 255).astype(np.int64)
-        scale = np.array([printed_scale(float(s)) for s in np.atleast_1d(raw)])
-        return scale, zero_point
+        scale = (hi - lo) / 255.0
+        scale = np.where(scale > 0, scale, 1.0)
+        return scale, np.clip(np.trunc(-lo / scale), 0, 255).astype(np.int64)
 
     def activation_params(self, lo: float, hi: float) -> TensorQ:
-        scale, zp = self._params(np.array([lo]), np.array([hi]))
-        return TensorQ(float(scale[0]), int(zp[0]))
+        scale, zp = self._params(np.array([lo]), np.array([hi]), self.symmetric)
+        return TensorQ(printed_scale(float(scale[0])), int(zp[0]))  # the table's printed value
 
     def weight_params(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # weights are never symmetric in quant_tool_uint8, whatever the activation algorithm
-        lo = np.minimum(np.asarray(lo, np.float64), 0.0)
-        hi = np.maximum(np.asarray(hi, np.float64), 0.0)
-        raw = (hi - lo) / 255.0
-        raw = np.where(raw > 0, raw, 1.0)
-        return raw, np.clip(np.trunc(-lo / raw), 0, 255).astype(np.int64)
+        return self._params(lo, hi, symmetric=False)
 
     def quantize_weight(self, w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
         shape = (-1,) + (1,) * (w.ndim - 1)

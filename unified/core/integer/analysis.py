@@ -31,7 +31,7 @@ def layer_outputs(artifact: IntegerArtifact, native: np.ndarray,
                       g.tensors[i].quantize(reference[i], g.rounding, g.qmin, g.qmax, inside).astype(g.dtype)
                       for i in node.inputs]
             if node.op == "float":
-                outs = artifact.interpreter._run_float(node, inputs)
+                outs = artifact.interpreter.run_float_node(node, inputs)
             else:
                 outs = KERNELS[node.op](node, inputs, artifact.interpreter.graph, None)
             for name, out in zip(node.outputs, outs):

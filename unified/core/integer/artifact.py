@@ -8,7 +8,6 @@ import numpy as np
 from unified.core.errors import InputError
 from unified.core.integer.integer_graph import IntegerGraph
 from unified.core.integer.interpreter import Interpreter, Tap
-from unified.core.integer.scheme import TensorQ
 from unified.core.quant_params import QuantParams
 
 
@@ -72,7 +71,3 @@ class IntegerArtifact:
     @classmethod
     def from_files(cls, blobs: dict[str, bytes], meta: dict[str, Any]) -> "IntegerArtifact":
         return cls(IntegerGraph.from_files(blobs, meta["graph"]), meta["layout"], meta.get("extra"))
-
-
-def tensor_q_json(t: TensorQ) -> list[float]:
-    return [t.scale, t.zero_point]

@@ -6,8 +6,6 @@ rounding -> calibrate activation statistics with ORT -> lower to an `IntegerGrap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
 import numpy as np
 import onnx
 
@@ -36,23 +34,21 @@ class BuildOptions:
 
 def fake_quantizer(scheme: Scheme, weight_method: str):
     """The scheme's weight rounding as float -> float, for bias correction to compensate exactly."""
-    def quantize(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-        w64 = w.astype(np.float64)
-        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
-            return quantize(w64.T, _FakeConv).T  # per output channel = columns
-        lo, hi = weight_ranges(w64, scheme.per_channel_weights, weight_method, 256)
+    def rows(w: np.ndarray) -> np.ndarray:  # output channels along axis 0
+        lo, hi = weight_ranges(w, scheme.per_channel_weights, weight_method, 256)
         scale, zp = scheme.weight_params(lo, hi)
         if not scheme.per_channel_weights:
             scale, zp = np.full(w.shape[0], float(scale[0])), np.full(w.shape[0], int(zp[0]))
-        q = scheme.quantize_weight(w64, scale, zp)
+        q = scheme.quantize_weight(w, scale, zp)
         shape = (-1,) + (1,) * (w.ndim - 1)
         return ((q - zp.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+
+    def quantize(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+        w64 = w.astype(np.float64)
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
+            return rows(w64.T).T  # (in, out) weights: output channels are columns
+        return rows(w64)
     return quantize
-
-
-class _FakeConv:
-    op_type = "Conv"
-    attribute: list = []
 
 
 def input_range(preprocess: Preprocess) -> tuple[float, float]:
@@ -82,10 +78,6 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
         if calibration is None:
             raise CalibrationError(f"{scheme.name}: bias correction needs calibration data")
         prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method))
-    stats = collect(prepared, calibration, options.range_method, mean_of=[]) if given is None else None
+    stats = collect(prepared, calibration, options.range_method) if given is None else None
     return lower(prepared, stats, scheme, options.range_method, options.weight_method,
                  input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given)
-
-
-def op_types(model: onnx.ModelProto) -> Iterable[str]:
-    return {n.op_type for n in model.graph.node}

@@ -1,7 +1,6 @@
 """Activation statistics of the prepared float graph over the calibration set.
 
-ONNX Runtime runs the float model with every tensor tapped; pass one records exact extremes (and
-per-channel means for bias correction), pass two, only for histogram-based estimators, fills a
+ONNX Runtime runs the float model with every tensor tapped; pass one records exact extremes, pass two, only for histogram-based estimators, fills a
 2048-bin histogram per tensor over the extremes found. Batches of 4 keep peak memory low.
 """
 from __future__ import annotations
@@ -22,7 +21,6 @@ from unified.core.progress import progress
 @dataclass
 class TensorStats:
     histograms: dict[str, Histogram]
-    channel_means: dict[str, np.ndarray]
 
 
 def tapped_names(model: onnx.ModelProto) -> list[str]:
@@ -32,15 +30,12 @@ def tapped_names(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str, mean_of: list[str]) -> TensorStats:
+def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str) -> TensorStats:
     if method not in ESTIMATORS:
         raise CalibrationError(f"unknown range estimator {method!r}; choose one of {', '.join(ESTIMATORS)}")
     names = tapped_names(model)
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    mean_set = set(mean_of)
     batch = 4
     steps = (len(calibration) + batch - 1) // batch
     bar = progress(range(steps * (1 if method == "minmax" else 2)), steps * (1 if method == "minmax" else 2), "calibrating")
@@ -55,10 +50,6 @@ def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str, me
                 raise CalibrationError(f"tensor {name!r} becomes NaN/Inf on the calibration data")
             lo[name] = min(lo[name], float(v.min()))
             hi[name] = max(hi[name], float(v.max()))
-            if name in mean_set:
-                axes = (0,) + tuple(range(2, v.ndim))
-                sums[name] = sums.get(name, 0) + v.astype(np.float64).sum(axis=axes)
-                counts[name] = counts.get(name, 0) + v.size // v.shape[1]
 
     run_tapped(model, names, calibration, first_pass, batch_size=batch)
     histograms = {n: Histogram(min(lo[n], 0.0), max(hi[n], 0.0)) for n in names if np.isfinite(lo[n])}
@@ -72,5 +63,4 @@ def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str, me
         run_tapped(model, names, calibration, second_pass, batch_size=batch)
     for _ in ticker:
         pass
-    means = {n: sums[n] / counts[n] for n in sums}
-    return TensorStats(histograms, means)
+    return TensorStats(histograms)

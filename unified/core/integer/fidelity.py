@@ -15,6 +15,7 @@ import onnxruntime as ort
 from unified.core.integer.integer_graph import IntegerGraph
 from unified.core.integer.interpreter import Interpreter
 from unified.core.integer.qdq_export import export_qdq
+from unified.core.ort_session import make_session
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,7 @@ class LayerAgreement:
 
 
 def _session(model) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return make_session(model.SerializeToString(), threads=1)
 
 
 def layer_agreement(graph: IntegerGraph, x: np.ndarray) -> list[LayerAgreement]:

@@ -73,7 +73,7 @@ class Interpreter:
         for i, node in enumerate(g.nodes):
             inputs = [values[n] for n in node.inputs]
             if node.op == "float":
-                outs = self._run_float(node, inputs)
+                outs = self.run_float_node(node, inputs)
             else:
                 outs = KERNELS[node.op](node, inputs, g, tap if listening else None)
             for name, value in zip(node.outputs, outs):
@@ -91,11 +91,12 @@ class Interpreter:
         values[g.input_name] = x
         for node in g.nodes:
             inputs = [values[n] for n in node.inputs]
-            outs = self._run_float(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap)
+            outs = self.run_float_node(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap)
             values.update(zip(node.outputs, outs))
         return values
 
-    def _run_float(self, node, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_float_node(self, node, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """A float-fallback node: dequantize, evaluate with ONNX's reference evaluator, quantize."""
         g = self.graph
         feeds = {}
         for name, q in zip(node.inputs, inputs):

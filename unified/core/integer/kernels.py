@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from unified.core.integer.fixed_point import requantize as mbqm
 from unified.core.integer.fixed_point import requantize
+from unified.core.integer.fixed_point import requantize as mbqm
 from unified.core.integer.integer_graph import IntegerGraph, IntNode
 
 Tap = Callable[[str, str, np.ndarray], None] | None  # (node name, kind, array); None: nobody listens
@@ -31,23 +31,6 @@ def _out(values: np.ndarray, g: IntegerGraph, lo: int | None = None, hi: int | N
 CHUNK = 1 << 17  # elements per requantization block: int64 temporaries stay in L2
 
 
-def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int) -> np.ndarray:
-    """The same integer result as `requantize`, carried in float64 where lowering proved it exact.
-
-    With |acc| * m < 2^53 for every channel, acc * (m * 2^-k) is the exact rational a*m/2^k (m is
-    a 31-bit integer, so m * 2^-k is exactly representable), and rint / floor(|v| + 0.5) round it
-    exactly by the policy. This is integer arithmetic in a float64 carrier, like the BLAS sums.
-    """
-    shape = [1] * acc.ndim
-    shape[channel_axis] = -1
-    real = (node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)).reshape(shape)
-    v = acc * real
-    _round_in_place(v, g.rounding.value)
-    v += node.attrs["zo"]
-    np.clip(v, node.attrs["act_min"], node.attrs["act_max"], out=v)
-    return v.astype(g.dtype)
-
-
 def _round_in_place(v: np.ndarray, policy: str) -> None:
     if policy == "ties_to_even":
         np.rint(v, out=v)
@@ -61,28 +44,31 @@ def _round_in_place(v: np.ndarray, policy: str) -> None:
         np.trunc(v, out=v)
 
 
-def _fast_conv_requant(acc: np.ndarray, node: IntNode, g: IntegerGraph) -> np.ndarray:
-    """`_requant_f64` on the float32 accumulator of an accelerated conv, bias folded in.
+def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int, add_bias: bool) -> np.ndarray:
+    """The same integer result as `requantize`, carried in float64 where lowering proved it exact.
 
-    (acc + b) * M = acc * M + b * M exactly: both products are exact (their numerators |acc| m and
-    |b| m are below 2^53 by the lowering's bound, which covers |acc| + |b|) and so is their sum.
+    With |acc| * m < 2^53 for every channel, acc * (m * 2^-k) is the exact rational a*m/2^k (m is
+    a 31-bit integer, so m * 2^-k is exactly representable) and the policy's rounding of it is
+    exact: integer arithmetic in a float64 carrier, like the BLAS sums. With `add_bias` the bias
+    is folded in as b * M: (acc + b) * M = acc * M + b * M exactly, since the lowering's bound
+    covers |acc| + |b|.
     """
-    real = node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)
-    bias_real = node.arrays["bias"].astype(np.float64) * real
-    zo, lo, hi = node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"]
-    # (Splitting this over two threads was measured slower: ORT's conv threads compete for the cores.)
-    v = np.multiply(acc, real.reshape(1, -1, 1, 1), dtype=np.float64)
-    v += bias_real.reshape(1, -1, 1, 1)
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+    real = (node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)).reshape(shape)
+    v = np.multiply(acc, real, dtype=np.float64)
+    if add_bias:
+        v += node.arrays["bias"].astype(np.float64).reshape(shape) * real
     _round_in_place(v, g.rounding.value)
-    v += zo
-    np.clip(v, lo, hi, out=v)
+    v += node.attrs["zo"]
+    np.clip(v, node.attrs["act_min"], node.attrs["act_max"], out=v)
     return v.astype(g.dtype)
 
 
 def _requant(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int) -> np.ndarray:
     """Per-channel fixed-point requantization + zero point + fused-activation clamp, in cache-sized blocks."""
     if node.attrs.get("requant_f64") and acc.dtype == np.float64:
-        return _requant_f64(acc, node, g, channel_axis)
+        return _requant_f64(acc, node, g, channel_axis, add_bias=False)
     if acc.dtype != np.int64:
         acc = acc.astype(np.int64)
     shape = [1] * acc.ndim
@@ -112,7 +98,7 @@ def conv(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> 
         if node.attrs.get("requant_f64"):
             if tap is not None:
                 tap(node.name, "accumulator", _with_bias(acc, node, (1, -1, 1, 1)))
-            return [_fast_conv_requant(acc, node, g)]
+            return [_requant_f64(acc, node, g, 1, add_bias=True)]
         acc = _with_bias(acc, node, (1, -1, 1, 1))
         if tap is not None:
             tap(node.name, "accumulator", acc)
@@ -121,7 +107,7 @@ def conv(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> 
     ftype = np.float32 if a["exact"] == "float32" else np.float64
     x = inputs[0].astype(ftype) - ftype(a["zx"])  # zero-point shifted: padding 0 is real zero
     w = node.arrays["w"].astype(ftype)
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     co, cig, kh, kw = w.shape
     sh, sw = a["strides"]
     dh, dw = a["dilations"]
@@ -232,8 +218,8 @@ def maxpool(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) 
     kh, kw = a["kernel"]
     sh, sw = a["strides"]
     h, w = x.shape[2], x.shape[3]
-    oh = _pool_len(h, kh, sh, pt, pb, a["ceil_mode"])
-    ow = _pool_len(w, kw, sw, pl, pr, a["ceil_mode"])
+    oh = pool_output_size(h, kh, sh, pt, pb, a["ceil_mode"])
+    ow = pool_output_size(w, kw, sw, pl, pr, a["ceil_mode"])
     extra_h = max(0, (oh - 1) * sh + kh - (h + pt + pb))
     extra_w = max(0, (ow - 1) * sw + kw - (w + pl + pr))
     x = np.pad(x, ((0, 0), (0, 0), (pt, pb + extra_h), (pl, pr + extra_w)), constant_values=a["pad_value"])
@@ -241,7 +227,8 @@ def maxpool(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) 
     return [win.max(axis=(4, 5))]
 
 
-def _pool_len(size: int, k: int, s: int, p0: int, p1: int, ceil: int) -> int:
+def pool_output_size(size: int, k: int, s: int, p0: int, p1: int, ceil: int) -> int:
+    """ONNX pooling output length (ceil_mode windows may not start in the right padding)."""
     span = size + p0 + p1 - k
     out = (-(-span // s) if ceil else span // s) + 1
     if ceil and (out - 1) * s >= size + p0:

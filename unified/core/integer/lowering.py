@@ -18,6 +18,7 @@ from unified.core.errors import ModelError, ScaleFileError, UnsupportedOperatorE
 from unified.core.integer.calibrate import TensorStats
 from unified.core.integer.fixed_point import quantize_multiplier
 from unified.core.integer.integer_graph import IntegerGraph, IntNode
+from unified.core.integer.kernels import pool_output_size
 from unified.core.integer.ranges import ESTIMATORS, weight_ranges
 from unified.core.integer.scheme import Scheme, TensorQ, widen_to_zero
 from unified.core.onnx_model import graph_inputs
@@ -79,7 +80,6 @@ class Lowering:
         self.nodes: list[IntNode] = []
         self.fallback_models: dict[str, bytes] = {}
         self.fused: set[str] = set()
-        self.const_count = 0
 
     # -- helpers --------------------------------------------------------------------------------
     def _shapes(self) -> dict[str, list[int]]:
@@ -309,8 +309,8 @@ class Lowering:
         pads = a.get("pads", [0, 0, 0, 0])
         ceil = a.get("ceil_mode", 0)
         h, w = shape[2], shape[3]
-        oh = _pool_out(h, kernel[0], strides[0], pads[0], pads[2], ceil)
-        ow = _pool_out(w, kernel[1], strides[1], pads[1], pads[3], ceil)
+        oh = pool_output_size(h, kernel[0], strides[0], pads[0], pads[2], ceil)
+        ow = pool_output_size(w, kernel[1], strides[1], pads[1], pads[3], ceil)
         ones = np.pad(np.ones((h, w)), ((pads[0], pads[2] + kernel[0]), (pads[1], pads[3] + kernel[1])))
         counts = np.zeros((oh, ow))
         for i in range(oh):
@@ -470,14 +470,6 @@ class Lowering:
                  for d in graph_inputs(self.model)[0].type.tensor_type.shape.dim]
         return IntegerGraph(self.nodes, self.tensors, x, out, self.scheme.activation_dtype, self.scheme.rounding,
                             self.scheme.describe(), shape, self.fallback_models)
-
-
-def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil: int) -> int:
-    span = size + p0 + p1 - k
-    out = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (out - 1) * s >= size + p0:
-        out -= 1
-    return out
 
 
 def lower(model: onnx.ModelProto, stats: TensorStats | None, scheme: Scheme, range_method: str = "minmax",

@@ -13,11 +13,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from unified.core.integer.integer_graph import IntNode
+from unified.core.ort_session import make_session
 
 _ELEM = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
 
 
-def conv_accumulator_session(node: IntNode, dtype: str, threads: int = 0) -> ort.InferenceSession:
+def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = None) -> ort.InferenceSession:
     """int8/uint8 input -> exact float32 accumulator (without bias).
 
     (Fusing bias, requantization and clamping into the session too was measured slower: ORT's
@@ -39,9 +40,4 @@ def conv_accumulator_session(node: IntNode, dtype: str, threads: int = 0) -> ort
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return make_session(model.SerializeToString(), threads)

@@ -31,7 +31,6 @@ class Histogram:
     hi: float
     counts: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.float64))
     total: int = 0
-    abs_dev_sum: float = 0.0
     sum: float = 0.0
 
     def add(self, x: np.ndarray) -> None:
@@ -120,12 +119,9 @@ def _kl_threshold(abs_counts: np.ndarray, bin_width: float, quant_bins: int = 12
 
 
 def kl(h: Histogram, levels: int) -> tuple[float, float]:
-    centers = h.centers
-    width = (h.hi - h.lo) / BINS
     amax = max(abs(h.lo), abs(h.hi))
-    abs_counts, _ = np.histogram(np.abs(centers), bins=BINS, range=(0, amax), weights=h.counts)
+    abs_counts, _ = np.histogram(np.abs(h.centers), bins=BINS, range=(0, amax), weights=h.counts)
     threshold = _kl_threshold(abs_counts, amax / BINS)
-    del width
     return max(h.lo, -threshold), min(h.hi, threshold)
 
 
