@@ -46,18 +46,27 @@ def weight_shift(node: onnx.NodeProto, w: np.ndarray, wq: np.ndarray, mean_in: n
     raise ValueError(f"bias correction does not handle {node.op_type}")
 
 
-def correct_biases(model: onnx.ModelProto, calibration: CalibrationSet, quantize_weight: WeightQuantizer) -> onnx.ModelProto:
-    """A copy of `model` whose Conv/Gemm biases absorb the expected weight-rounding shift."""
+def correct_biases(model: onnx.ModelProto, calibration: CalibrationSet, quantize_weight: WeightQuantizer,
+                   reference: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """A copy of `model` whose Conv/Gemm biases absorb the expected weight-rounding shift.
+
+    `reference` holds the float weights whose outputs the biases should restore, when `model`'s
+    own weights were already moved towards the grid (adaptive rounding): the shift to undo is
+    quantized minus *original* weights. Means are taken on the reference model's tensors.
+    """
+    reference = model if reference is None else reference
+    originals = {t.name: t for t in reference.graph.initializer}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = {t.name: t for t in out.graph.initializer}
     layers = [n for n in out.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
     if not layers:
         return out
-    means = channel_means(model, sorted({n.input[0] for n in layers}), calibration)
+    means = channel_means(reference, sorted({n.input[0] for n in layers}), calibration)
     for node in layers:
         w = numpy_helper.to_array(inits[node.input[1]])
-        shift = weight_shift(node, w, quantize_weight(w, node), means[node.input[0]])
+        original = numpy_helper.to_array(originals[node.input[1]])
+        shift = weight_shift(node, original, quantize_weight(w, node), means[node.input[0]])
         c_out = shift.shape[0]
         if len(node.input) > 2 and node.input[2] in inits:
             b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)

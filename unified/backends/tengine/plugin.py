@@ -5,6 +5,8 @@ Options:
   mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
   bias_correction  True (default): correct biases for weight rounding from fp32 channel means
   equalization     False (default): cross-layer equalization where it keeps the float model exact
+  rounding         "adaptive" (default): each weight rounded up or down to keep its layer's output
+                   (AdaRound's objective); "nearest": Tengine's own round-to-nearest
   scale_file       build from a `<tensor> <scale> <zero_point>` table instead of calibrating
   float_fallback   op types to run in float instead of failing
 
@@ -33,11 +35,15 @@ from unified.core.preprocess import Preprocess
 
 NAME = "tengine"
 ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}
-KNOWN_OPTIONS = {"mode", "algorithm", "mean", "scale", "bias_correction", "equalization", "scale_file", "float_fallback"}
+ROUNDINGS = ("adaptive", "nearest")
+KNOWN_OPTIONS = {"mode", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
+                 "float_fallback"}
 
 
 def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
-    return not (options.get("scale_file") and not options.get("bias_correction", True))
+    """A scale file replaces calibration, unless a weight option needs fp32 statistics."""
+    weights_need_data = options.get("bias_correction", True) or options.get("rounding", "adaptive") == "adaptive"
+    return not (options.get("scale_file") and not weights_need_data)
 
 
 @hookimpl
@@ -73,16 +79,21 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     algorithm = str(options.get("algorithm", "minmax")).lower()
     if algorithm not in ALGORITHMS:
         raise BackendError(f"tengine: algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    rounding = str(options.get("rounding", "adaptive")).lower()
+    if rounding not in ROUNDINGS:
+        raise BackendError(f"tengine: rounding={rounding!r} is not one of {', '.join(ROUNDINGS)}")
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
     build = BuildOptions(range_method=ALGORITHMS[algorithm], weight_method="minmax",
                          bias_correction=bool(options.get("bias_correction", True)),
                          equalization=bool(options.get("equalization", False)),
+                         adaptive_rounding=rounding == "adaptive",
                          float_fallback=tuple(options.get("float_fallback", ())))
     pre = _preprocess_with(options, preprocess)
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     graph = build_integer_graph(model, calibration, TengineScheme(symmetric=algorithm == "aciq"), build, None, given)
-    return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std), "algorithm": algorithm})
+    return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std), "algorithm": algorithm,
+                                                    "rounding": rounding})
 
 
 def write_scale_file(artifact: IntegerArtifact, path: str | os.PathLike) -> None:

@@ -21,6 +21,7 @@ from unified.core.equalization import equalize
 from unified.core.integer.scale_table import check_names
 from unified.core.integer.scheme import Scheme, TensorQ
 from unified.core.preprocess import Preprocess
+from unified.core.weight_rounding import WeightGrid, round_weights
 
 
 @dataclass(frozen=True)
@@ -29,19 +30,26 @@ class BuildOptions:
     weight_method: str = "minmax"       # "minmax" | "mse"
     bias_correction: bool = False
     equalization: bool = False
+    adaptive_rounding: bool = False     # output-aware up/down rounding of weights (weight_rounding)
     float_fallback: tuple[str, ...] = ()
+
+
+def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
+    """The grid the scheme quantizes `w` on (output channels along axis 0), and its own rounding."""
+    lo, hi = weight_ranges(w, scheme.per_channel_weights, weight_method, 256)
+    scale, zp = scheme.weight_params(lo, hi)
+    if not scheme.per_channel_weights:
+        scale, zp = np.full(w.shape[0], float(scale[0])), np.full(w.shape[0], int(zp[0]))
+    return WeightGrid(np.asarray(scale, np.float64), np.asarray(zp, np.int64), scheme.wmin, scheme.wmax,
+                      scheme.quantize_weight(w, scale, zp))
 
 
 def fake_quantizer(scheme: Scheme, weight_method: str):
     """The scheme's weight rounding as float -> float, for bias correction to compensate exactly."""
     def rows(w: np.ndarray) -> np.ndarray:  # output channels along axis 0
-        lo, hi = weight_ranges(w, scheme.per_channel_weights, weight_method, 256)
-        scale, zp = scheme.weight_params(lo, hi)
-        if not scheme.per_channel_weights:
-            scale, zp = np.full(w.shape[0], float(scale[0])), np.full(w.shape[0], int(zp[0]))
-        q = scheme.quantize_weight(w, scale, zp)
+        grid = weight_grid(scheme, weight_method, w)
         shape = (-1,) + (1,) * (w.ndim - 1)
-        return ((q - zp.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+        return ((grid.nearest - grid.zero_point.reshape(shape)) * grid.scale.reshape(shape)).astype(np.float32)
 
     def quantize(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
         w64 = w.astype(np.float64)
@@ -61,7 +69,7 @@ def input_range(preprocess: Preprocess) -> tuple[float, float]:
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
                         options: BuildOptions, preprocess: Preprocess | None,
                         given: dict[str, TensorQ] | None = None) -> IntegerGraph:
-    """prepare -> [equalize] -> [bias correction] -> calibrate (unless a scale table is `given`) -> lower.
+    """prepare -> [equalize] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale table is `given`) -> lower.
 
     `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
     integer input); None: the input range is calibrated like any tensor.
@@ -74,10 +82,16 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
         check_names(given, known, "scale table")
     if options.equalization:
         prepared, _ = equalize(prepared)
+    unrounded = prepared
+    if options.adaptive_rounding:
+        if calibration is None:
+            raise CalibrationError(f"{scheme.name}: adaptive rounding needs calibration data")
+        prepared = round_weights(prepared, calibration, lambda rows, node: weight_grid(scheme, options.weight_method, rows),
+                                 centered=options.bias_correction)
     if options.bias_correction:
         if calibration is None:
             raise CalibrationError(f"{scheme.name}: bias correction needs calibration data")
-        prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method))
+        prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method), unrounded)
     stats = collect(prepared, calibration, options.range_method) if given is None else None
     return lower(prepared, stats, scheme, options.range_method, options.weight_method,
                  input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given)
