@@ -13,7 +13,8 @@ from unified.core.bias_correction import correct_biases
 from unified.core.calibration import CalibrationSet
 from unified.core.integer.build import fake_quantizer, weight_grid
 from unified.core.integer.prepare import prepare
-from unified.core.weight_rounding import WeightGrid, _patches, choose_rounding, input_moments, round_weights
+from unified.core.layer_moments import _patches, input_moments
+from unified.core.weight_rounding import WeightGrid, choose_rounding, round_weights
 
 PRE16 = unified.Preprocess(resize=16, crop=16)
 

@@ -14,34 +14,28 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from unified.core.calibration import CalibrationSet
 from unified.core.float_stats import channel_means
+from unified.core.onnx_model import node_attributes
 
 #: fake-quantizes one weight tensor as the backend will: (weight, node) -> dequantized weight
 WeightQuantizer = Callable[[np.ndarray, onnx.NodeProto], np.ndarray]
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(helper.get_attribute_value(a))
-    return default
 
 
 def weight_shift(node: onnx.NodeProto, w: np.ndarray, wq: np.ndarray, mean_in: np.ndarray) -> np.ndarray:
     """Expected output shift per output channel caused by replacing `w` with `wq`."""
     dw = (wq.astype(np.float64) - w.astype(np.float64))
     if node.op_type == "Conv":
-        group = _attr(node, "group", 1)
+        group = int(node_attributes(node).get("group", 1))
         c_out, c_in_g = dw.shape[0], dw.shape[1]
         per_tap = dw.reshape(c_out, c_in_g, -1).sum(axis=2)  # (C_out, C_in/g)
         out_group = np.arange(c_out) // (c_out // group)
         in_index = out_group[:, None] * c_in_g + np.arange(c_in_g)[None, :]
         return (per_tap * mean_in[in_index]).sum(axis=1)
     if node.op_type == "Gemm":
-        mat = dw if _attr(node, "transB", 0) else dw.T  # (out, in)
+        mat = dw if int(node_attributes(node).get("transB", 0)) else dw.T  # (out, in)
         return mat @ mean_in
     raise ValueError(f"bias correction does not handle {node.op_type}")
 

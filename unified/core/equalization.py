@@ -15,14 +15,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(helper.get_attribute_value(a))
-    return default
+from unified.core.onnx_model import node_attributes
 
 
 def equalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -55,7 +50,7 @@ def equalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         w1 = numpy_helper.to_array(inits[first.input[1]]).astype(np.float64)
         w2 = numpy_helper.to_array(inits[second.input[1]]).astype(np.float64)
         c = w1.shape[0]
-        group2 = _attr(second, "group", 1)
+        group2 = int(node_attributes(second).get("group", 1))
         r1 = np.abs(w1.reshape(c, -1)).max(axis=1)
         if group2 == 1 and w2.shape[1] == c:
             r2 = np.abs(w2.transpose(1, 0, 2, 3).reshape(c, -1)).max(axis=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,6 +49,15 @@ def check_model(model: onnx.ModelProto, source: str = "<ModelProto>") -> onnx.Mo
             f"inputs {[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}"
         )
     return model
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as plain Python values (strings decoded, repeated fields as lists)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else (list(v) if isinstance(v, (list, tuple)) else v)
+    return out
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

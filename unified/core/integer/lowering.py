@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from unified.core.onnx_model import node_attributes
 from unified.core.errors import ModelError, ScaleFileError, UnsupportedOperatorError
 from unified.core.integer.calibrate import TensorStats
 from unified.core.integer.fixed_point import quantize_multiplier
@@ -37,14 +38,6 @@ SUPPORTED_OPS = (
     {"Conv", "Gemm", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "ReduceMean", "Softmax"}
     | SHARED_PARAM_OPS | set(LUT_FUNCTIONS)
 )
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else (list(v) if isinstance(v, (list, tuple)) else v)
-    return out
 
 
 def _mult(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +128,7 @@ class Lowering:
             return -np.inf, np.inf
         if act.op_type == "Relu":
             return 0.0, np.inf
-        a = _attrs(act)
+        a = node_attributes(act)
         lo = float(self.inits[act.input[1]]) if len(act.input) > 1 and act.input[1] else a.get("min", -np.inf)
         hi = float(self.inits[act.input[2]]) if len(act.input) > 2 and act.input[2] else a.get("max", np.inf)
         return lo, hi
@@ -187,7 +180,7 @@ class Lowering:
     def lower_weighted(self, node: onnx.NodeProto) -> None:
         x = node.input[0]
         tx = self.q(x)
-        a = _attrs(node)
+        a = node_attributes(node)
         w = self.inits[node.input[1]].astype(np.float64)
         bias = self.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else None
         if node.op_type == "Gemm":
@@ -273,12 +266,12 @@ class Lowering:
         for i, t in enumerate(ins):
             arrays[f"m{i}"], arrays[f"s{i}"] = _mult(t.scale / to.scale)
         self.nodes.append(IntNode("concat", node.name or node.output[0], list(node.input), [node.output[0]], "Concat",
-                                  {"axis": _attrs(node)["axis"], "zs": [t.zero_point for t in ins], "zo": to.zero_point,
+                                  {"axis": node_attributes(node)["axis"], "zs": [t.zero_point for t in ins], "zo": to.zero_point,
                                    "same": [t == to for t in ins]}, arrays))
         self.tensors[node.output[0]] = to
 
     def lower_pool(self, node: onnx.NodeProto) -> None:
-        a = _attrs(node)
+        a = node_attributes(node)
         x = node.input[0]
         tx = self.q(x)
         shape = self.shapes.get(x)
@@ -333,7 +326,7 @@ class Lowering:
         """Data movement and standalone clamps: outputs keep the input's scale and zero point."""
         x = node.input[0]
         tx = self.q(x)
-        a = _attrs(node)
+        a = node_attributes(node)
         op = node.op_type
         name = node.name or node.output[0]
         attrs: dict[str, Any] = {}
@@ -385,10 +378,10 @@ class Lowering:
         given = node.output[0] in self.given or self.stats is None
         to = self.params_from_range(*fixed) if fixed and not given else self.calibrated(node.output[0])
         levels = np.arange(self.scheme.qmin, self.scheme.qmax + 1)
-        y = LUT_FUNCTIONS[node.op_type]((levels - tx.zero_point) * tx.scale, _attrs(node))
+        y = LUT_FUNCTIONS[node.op_type]((levels - tx.zero_point) * tx.scale, node_attributes(node))
         table = np.clip(self.scheme.rounding.round(y / to.scale) + to.zero_point, self.scheme.qmin, self.scheme.qmax)
         self.nodes.append(IntNode("lut", node.name or node.output[0], [x], [node.output[0]], node.op_type,
-                                  {"offset": -self.scheme.qmin, "onnx_attrs": _attrs(node)}, {"table": table.astype(np.int64)}))
+                                  {"offset": -self.scheme.qmin, "onnx_attrs": node_attributes(node)}, {"table": table.astype(np.int64)}))
         self.tensors[node.output[0]] = to
 
     def lower_softmax(self, node: onnx.NodeProto) -> None:
@@ -398,7 +391,7 @@ class Lowering:
         d = np.arange(self.scheme.qmax - self.scheme.qmin + 1)
         exp_table = np.round(np.exp(-d * tx.scale) * (1 << 20)).astype(np.int64)
         inv_out = int(round((1 << 16) / to.scale))
-        axis = _attrs(node).get("axis", -1)
+        axis = node_attributes(node).get("axis", -1)
         self.nodes.append(IntNode("softmax", node.name or node.output[0], [x], [node.output[0]], "Softmax",
                                   {"axis": axis, "zo": to.zero_point, "inv_out_q16": inv_out},
                                   {"exp_table": exp_table}))
