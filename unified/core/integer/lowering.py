@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from unified.core.onnx_model import node_attributes
 from unified.core.errors import ModelError, ScaleFileError, UnsupportedOperatorError
 from unified.core.integer.calibrate import TensorStats
 from unified.core.integer.fixed_point import quantize_multiplier
@@ -22,7 +21,7 @@ from unified.core.integer.integer_graph import IntegerGraph, IntNode
 from unified.core.integer.kernels import pool_output_size
 from unified.core.integer.ranges import ESTIMATORS, weight_ranges
 from unified.core.integer.scheme import Scheme, TensorQ, widen_to_zero
-from unified.core.onnx_model import graph_inputs
+from unified.core.onnx_model import graph_inputs, node_attributes
 
 BIAS_LIMIT = 2**21  # |bias| * m < 2^52: dead channels stay on the exact float64 requantization path
 SHARED_PARAM_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Pad", "Relu", "Clip"}
