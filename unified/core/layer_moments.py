@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from unified.core.calibration import CalibrationSet
 from unified.core.onnx_model import node_attributes
+from unified.core.progress import progress
 from unified.core.float_stats import run_tapped
 
 #: input patches sampled per image and layer: SAMPLES_PER_INPUT per patch element, at most MAX_POSITIONS
@@ -116,8 +117,11 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
         if bounds is not None and shape is not None and _per_row(node, shape[0]):
             active[node.output[0]] = bounds
     tapped = sorted(set(by_input) | set(active))
+    batch = 4  # the tapped run holds every layer input of a batch at once: 4 images keep that small
+    ticker = iter(progress(range(-(-len(calibration) // batch)), -(-len(calibration) // batch), "layer moments"))
 
     def consume(values: dict[str, np.ndarray]) -> None:
+        next(ticker, None)
         for name in by_input:
             x = values[name]
             for node in by_input[name]:
@@ -125,7 +129,8 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
                 kernel = kernels[node.input[1]]
                 xs, (rows, cols) = _patches(node, kernel, x, _positions_per_image(node, kernel, x), rng)
                 # xs: (N, g, D, P) float32; products per image (batched BLAS), float64 across batches
-                sums[key] = sums.get(key, 0) + (xs @ xs.swapaxes(-1, -2)).sum(axis=0, dtype=np.float64)
+                if key not in active:  # masked layers need only the masked moment below
+                    sums[key] = sums.get(key, 0) + (xs @ xs.swapaxes(-1, -2)).sum(axis=0, dtype=np.float64)
                 firsts[key] = firsts.get(key, 0) + xs.sum(axis=(0, 3), dtype=np.float64)
                 counts[key] = counts.get(key, 0) + xs.shape[0] * xs.shape[3]
                 if key in active:
@@ -138,22 +143,24 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
                     acc[1] = acc[1] + xm.sum(axis=(0, 3), dtype=np.float64)
                     acc[2] = acc[2] + m.sum(axis=(0, 2), dtype=np.float64)
 
-    run_tapped(model, tapped, calibration, consume)
+    run_tapped(model, tapped, calibration, consume, batch_size=batch)
+    for _ in ticker:
+        pass
     moments = {}
-    for key, total in sums.items():
-        if counts[key] < MIN_SAMPLES_PER_INPUT * total.shape[1]:
+    for key, count in counts.items():
+        d = firsts[key].shape[1]
+        if count < MIN_SAMPLES_PER_INPUT * d:
             continue  # too few samples for a D x D moment: rounding would fit noise
-        mean = firsts[key] / counts[key]  # (g, D)
+        mean = firsts[key] / count  # (g, D)
         if key in masked:
             s_xx, s_x, s_1 = masked[key]
-            h = s_xx / counts[key]
-            if centered:
-                mu = mean if mean.shape[0] == h.shape[0] else np.broadcast_to(mean, (h.shape[0], mean.shape[1]))
-                mx = s_x / counts[key]
-                h = h - mu[:, :, None] * mx[:, None, :] - mx[:, :, None] * mu[:, None, :] \
-                    + (s_1 / counts[key])[:, None, None] * mu[:, :, None] * mu[:, None, :]
+            h = s_xx / count
+            if centered:  # E[m (x - mu)(x - mu)^T], mu the unmasked mean that bias correction uses
+                mx = s_x / count
+                h = h - mean[:, :, None] * mx[:, None, :] - mx[:, :, None] * mean[:, None, :] \
+                    + (s_1 / count)[:, None, None] * mean[:, :, None] * mean[:, None, :]
         else:
-            h = total / counts[key]
+            h = sums[key] / count
             if centered:
                 h = h - mean[:, :, None] * mean[:, None, :]
         moments[key] = h

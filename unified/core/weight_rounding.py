@@ -34,6 +34,7 @@ from onnx import numpy_helper
 
 from unified.core.calibration import CalibrationSet
 from unified.core.onnx_model import node_attributes
+from unified.core.progress import progress
 from unified.core.layer_moments import input_moments
 
 
@@ -103,12 +104,14 @@ def choose_rounding(w: np.ndarray, grid: WeightGrid, h: np.ndarray, sweeps: int 
     can = can_flip.reshape(g, m, d)
     grad = err @ h  # (g, m, d): H e per row
     diag = np.diagonal(h, axis1=1, axis2=2)  # (g, d)
+    # a flip must lower the loss by more than float noise, relative to the largest possible change
+    tolerance = 1e-12 * float((step * step * diag[:, None, :]).max(initial=0.0)) + 1e-300
     for _ in range(sweeps):
         flipped = 0
         for i in range(d):
             delta = step[:, :, i]
             gain = 2 * delta * grad[:, :, i] + delta * delta * diag[:, i][:, None]
-            gs, rs = np.nonzero(can[:, :, i] & (gain < -1e-12 * (np.abs(gain).max() + 1e-30)))
+            gs, rs = np.nonzero(can[:, :, i] & (gain < -tolerance))
             if gs.size == 0:
                 continue
             flipped += gs.size
@@ -133,7 +136,7 @@ def round_weights(model: onnx.ModelProto, calibration: CalibrationSet, grid_of: 
     if not layers:
         return out
     moments = input_moments(model, layers, calibration, centered)
-    for node in layers:
+    for node in progress(layers, len(layers), "weight rounding"):
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         rows = _rows(node, w)
         grid = grid_of(rows, node)
