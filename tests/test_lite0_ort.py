@@ -1,9 +1,13 @@
 """End to end on the pretrained EfficientNet-Lite0 with the ort backend."""
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 import unified
+from unified.backends.ort.quantizer import cpu_has_vnni
 from unified.core.sample_images import bundled_photo_path
 
 pytestmark = pytest.mark.lite0
@@ -24,7 +28,22 @@ def test_static_int8_keeps_fp32_decisions(lite0, eval_batch, calib_crops, lite0_
     qm = unified.quantize(lite0, backend="ort", calibration=calib_crops)
     agree = float((qm.run(eval_batch).argmax(1) == lite0_fp32_logits.argmax(1)).mean())
     print(f"\nort static int8 (bias-corrected) keeps {agree:.1%} of fp32 top-1 on {len(eval_batch)} crops")
-    assert agree >= 0.90
+    # Measured: 91% on a CPU with VNNI; without VNNI, ORT's uint8 x int8 kernels saturate int16
+    # pair sums (57.5% with 8-bit weights), so the backend turns on reduce_range: 84%.
+    assert agree >= (0.90 if cpu_has_vnni() else 0.80)
+
+
+def test_reduce_range_gives_7_bit_weights(lite0, calib_crops) -> None:
+    on = unified.quantize(lite0, backend="ort", calibration=calib_crops[:4], reduce_range=True)
+    off = unified.quantize(lite0, backend="ort", calibration=calib_crops[:4], reduce_range=False)
+    def weight_range(qm) -> int:
+        model = onnx.load_from_string(qm.artifact.model_bytes)
+        ints = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        return max(int(np.abs(a.astype(int)).max()) for a in ints)
+
+    assert (weight_range(on), weight_range(off)) == (64, 127)  # 7-bit weights only with reduce_range
+    default = unified.quantize(lite0, backend="ort", calibration=calib_crops[:4])
+    assert weight_range(default) == (127 if cpu_has_vnni() else 64)
 
 
 def test_tf_normalization_is_more_confident_than_imagenet_stats(lite0, lite0_fp32_logits) -> None:

@@ -33,7 +33,11 @@ class LayerAgreement:
 
 
 def _session(model) -> ort.InferenceSession:
-    return make_session(model.SerializeToString(), threads=1)
+    """No graph optimizations: ORT then evaluates QDQ as written (DequantizeLinear, float op,
+    QuantizeLinear), the ONNX semantics. Optimized, it fuses them into int8 kernels that on x86
+    CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose int16 pair sums saturate, and
+    the oracle would then disagree with an exact engine by up to a hundred steps."""
+    return make_session(model.SerializeToString(), threads=1, optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
 
 
 def layer_agreement(graph: IntegerGraph, x: np.ndarray) -> list[LayerAgreement]:
