@@ -12,9 +12,9 @@ import onnx
 from onnx import numpy_helper
 
 from unified.core.calibration import CalibrationSet
+from unified.core.float_stats import run_tapped
 from unified.core.onnx_model import node_attributes
 from unified.core.progress import progress
-from unified.core.float_stats import run_tapped
 
 #: input patches sampled per image and layer: SAMPLES_PER_INPUT per patch element, at most MAX_POSITIONS
 SAMPLES_PER_INPUT = 8
@@ -98,7 +98,7 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
     bias correction removes the mean shift `e . mean(x)`.
     """
     rng = np.random.default_rng(seed)
-    kernels = {t.name: tuple(t.dims[2:]) for t in model.graph.initializer}
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) == 0}
     users: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
@@ -113,8 +113,7 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
     for node in layers:
         by_input.setdefault(node.input[0], []).append(node)
         bounds = _active_range(node, users, constants)
-        shape = next((t.dims for t in model.graph.initializer if t.name == node.input[1]), None)
-        if bounds is not None and shape is not None and _per_row(node, shape[0]):
+        if bounds is not None and _per_row(node, dims[node.input[1]][0]):
             active[node.output[0]] = bounds
     tapped = sorted(set(by_input) | set(active))
     batch = 4  # the tapped run holds every layer input of a batch at once: 4 images keep that small
@@ -126,14 +125,14 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
             x = values[name]
             for node in by_input[name]:
                 key = node.output[0]
-                kernel = kernels[node.input[1]]
+                kernel = dims[node.input[1]][2:]
                 xs, (rows, cols) = _patches(node, kernel, x, _positions_per_image(node, kernel, x), rng)
                 # xs: (N, g, D, P) float32; products per image (batched BLAS), float64 across batches
-                if key not in active:  # masked layers need only the masked moment below
-                    sums[key] = sums.get(key, 0) + (xs @ xs.swapaxes(-1, -2)).sum(axis=0, dtype=np.float64)
                 firsts[key] = firsts.get(key, 0) + xs.sum(axis=(0, 3), dtype=np.float64)
                 counts[key] = counts.get(key, 0) + xs.shape[0] * xs.shape[3]
-                if key in active:
+                if key not in active:
+                    sums[key] = sums.get(key, 0) + (xs @ xs.swapaxes(-1, -2)).sum(axis=0, dtype=np.float64)
+                else:  # only outputs inside the activation's range count
                     lo, hi = active[key]
                     y = values[key][:, :, rows, cols]
                     m = ((y > lo) & (y < hi)).reshape(y.shape[0], y.shape[1], -1).astype(np.float32)  # (N, O, P)

@@ -16,7 +16,7 @@ Choosing up or down per weight can cancel that sum, which nearest rounding never
 AdaRound solves the binary problem by a continuous relaxation trained with SGD; here the
 quadratic is small and explicit (H is at most C_in x C_in, from `layer_moments`), so we descend
 it greedily, one coordinate at a time: flip a weight to its other grid point when that lowers
-the loss, sweep until nothing flips. No torch; about 30 s for EfficientNet-Lite0 on 2 cores,
+the loss, sweep until nothing flips. No torch; about 35 s for EfficientNet-Lite0 on 2 cores,
 most of it spent sampling the moments.
 
 The result is expressed in *float weights*: a flipped weight is moved onto its chosen grid point,
@@ -33,9 +33,9 @@ import onnx
 from onnx import numpy_helper
 
 from unified.core.calibration import CalibrationSet
+from unified.core.layer_moments import input_moments
 from unified.core.onnx_model import node_attributes
 from unified.core.progress import progress
-from unified.core.layer_moments import input_moments
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,16 @@ class WeightGrid:
 GridOf = Callable[[np.ndarray, onnx.NodeProto], WeightGrid]
 
 
-def _rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
-    """Weights as (output channels, inputs per output) - the layout the loss is written in."""
+def weight_rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
+    """Weights as (output channels, inputs per output): the layout quantizers and the loss use.
+    A Gemm without transB stores (in, out), so its output channels are columns."""
     if node.op_type == "Gemm" and not node_attributes(node).get("transB", 0):
         return w.T
     return w.reshape(w.shape[0], -1)
 
 
-def _from_rows(node: onnx.NodeProto, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def from_weight_rows(node: onnx.NodeProto, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of `weight_rows`: back to the initializer's own shape."""
     if node.op_type == "Gemm" and not node_attributes(node).get("transB", 0):
         return rows.T.reshape(shape)
     return rows.reshape(shape)
@@ -138,7 +140,7 @@ def round_weights(model: onnx.ModelProto, calibration: CalibrationSet, grid_of: 
     moments = input_moments(model, layers, calibration, centered)
     for node in progress(layers, len(layers), "weight rounding"):
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        rows = _rows(node, w)
+        rows = weight_rows(node, w)
         grid = grid_of(rows, node)
         h = moments.get(node.output[0])
         if h is None or rows.shape[1] != h.shape[1] or rows.shape[0] % h.shape[0]:
@@ -147,5 +149,5 @@ def round_weights(model: onnx.ModelProto, calibration: CalibrationSet, grid_of: 
         moved = q != grid.nearest
         new_rows = np.where(moved, (q - grid.zero_point[:, None]) * grid.scale[:, None], rows)
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(
-            _from_rows(node, new_rows, w.shape).astype(np.float32), node.input[1]))
+            from_weight_rows(node, new_rows, w.shape).astype(np.float32), node.input[1]))
     return out

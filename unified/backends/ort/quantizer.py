@@ -9,6 +9,8 @@ which is slower than fp32 here and loses accuracy.
 """
 from __future__ import annotations
 
+import functools
+
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -57,6 +59,7 @@ def _choice(options: dict[str, Any], key: str, table: dict[str, Any], default: s
     return table[value]
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI); unknown (not Linux) counts as yes.
 

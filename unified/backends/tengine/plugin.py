@@ -92,8 +92,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     pre = _preprocess_with(options, preprocess)
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     graph = build_integer_graph(model, calibration, TengineScheme(symmetric=algorithm == "aciq"), build, None, given)
-    return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std), "algorithm": algorithm,
-                                                    "rounding": rounding})
+    return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std),
+                                           "algorithm": algorithm, "rounding": rounding})
 
 
 def write_scale_file(artifact: IntegerArtifact, path: str | os.PathLike) -> None:

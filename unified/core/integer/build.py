@@ -21,7 +21,7 @@ from unified.core.equalization import equalize
 from unified.core.integer.scale_table import check_names
 from unified.core.integer.scheme import Scheme, TensorQ
 from unified.core.preprocess import Preprocess
-from unified.core.weight_rounding import WeightGrid, round_weights
+from unified.core.weight_rounding import WeightGrid, from_weight_rows, round_weights, weight_rows
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,11 @@ def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid
 
 def fake_quantizer(scheme: Scheme, weight_method: str):
     """The scheme's weight rounding as float -> float, for bias correction to compensate exactly."""
-    def rows(w: np.ndarray) -> np.ndarray:  # output channels along axis 0
-        grid = weight_grid(scheme, weight_method, w)
-        shape = (-1,) + (1,) * (w.ndim - 1)
-        return ((grid.nearest - grid.zero_point.reshape(shape)) * grid.scale.reshape(shape)).astype(np.float32)
-
     def quantize(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-        w64 = w.astype(np.float64)
-        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
-            return rows(w64.T).T  # (in, out) weights: output channels are columns
-        return rows(w64)
+        rows = weight_rows(node, w.astype(np.float64))
+        grid = weight_grid(scheme, weight_method, rows)
+        real = (grid.nearest - grid.zero_point[:, None]) * grid.scale[:, None]
+        return from_weight_rows(node, real, w.shape).astype(np.float32)
     return quantize
 
 
