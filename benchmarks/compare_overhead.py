@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import unified
-from unified.core.sample_images import random_crops
+from unified.inputs.sample_images import random_crops
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ logging.getLogger().setLevel(logging.ERROR)
 import unified
 backend = sys.argv[1]
 cal = list(np.load(sys.argv[2])[:, None])   # 100 preprocessed crops, made by the parent process
-model = unified.core.zoo.load_zoo_model("efficientnet_lite0")
+model = unified.inputs.zoo.load_zoo_model("efficientnet_lite0")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 unified.quantize(model, backend=backend, calibration=cal)
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     import unified
-    from unified.core.sample_images import bundled_photo_path
+    from unified.inputs.sample_images import bundled_photo_path
 
     names = args.backends or [b.name for b in unified.backends() if b.io == "integer"]
     fp32 = unified.quantize("efficientnet_lite0", backend="ort", mode="fp32")
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"  {name:10s} {med[name] * 1e3:8.2f} ms   ratio to ORT fp32: {med[name] / med['ort fp32']:.1f}x  (goal <= 3x)")
     import tempfile
 
-    from unified.core.sample_images import random_crops
+    from unified.inputs.sample_images import random_crops
 
     with tempfile.TemporaryDirectory() as tmp:
         cal_file = os.path.join(tmp, "cal.npy")

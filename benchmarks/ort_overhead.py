@@ -22,8 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 import unified
-from unified.core.ort_session import session_options
-from unified.core.sample_images import bundled_photo_path
+from unified.graph.ort_session import session_options
+from unified.inputs.sample_images import bundled_photo_path
 
 
 def bare_session(model_bytes: bytes) -> ort.InferenceSession:

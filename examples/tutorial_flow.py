@@ -20,8 +20,8 @@ from pathlib import Path
 import onnx
 
 import unified
-from unified.core.sample_images import bundled_photo_path
-from unified.core.zoo import ZOO, export_torch
+from unified.inputs.sample_images import bundled_photo_path
+from unified.inputs.zoo import ZOO, export_torch
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from unified.conformance.tiny_models import tiny_classifier  # noqa: E402
+from unified.consistency.tiny_models import tiny_classifier  # noqa: E402
 
 logging.getLogger().setLevel(logging.ERROR)
 
@@ -45,7 +45,7 @@ def tiny_calibration() -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def lite0(private_cache):
     """The pretrained EfficientNet-Lite0 as ONNX (exported once per session into the private cache)."""
-    from unified.core.zoo import load_zoo_model
+    from unified.inputs.zoo import load_zoo_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -54,7 +54,7 @@ def lite0(private_cache):
 
 @pytest.fixture(scope="session")
 def lite0_preprocess():
-    from unified.core.zoo import ZOO
+    from unified.inputs.zoo import ZOO
 
     return ZOO["efficientnet_lite0"].preprocess
 
@@ -62,7 +62,7 @@ def lite0_preprocess():
 @pytest.fixture(scope="session")
 def eval_batch(lite0_preprocess) -> np.ndarray:
     """200 deterministic random crops of the offline photos (seed 0)."""
-    from unified.core.sample_images import random_crops
+    from unified.inputs.sample_images import random_crops
 
     return np.concatenate([lite0_preprocess(c) for c in random_crops(200, seed=0)])
 
@@ -70,7 +70,7 @@ def eval_batch(lite0_preprocess) -> np.ndarray:
 @pytest.fixture(scope="session")
 def calib_crops(lite0_preprocess) -> list[np.ndarray]:
     """100 calibration crops (seed 1), disjoint from the evaluation crops."""
-    from unified.core.sample_images import random_crops
+    from unified.inputs.sample_images import random_crops
 
     return [lite0_preprocess(c) for c in random_crops(100, seed=1)]
 

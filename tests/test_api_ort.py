@@ -194,7 +194,7 @@ def test_calibration_of_the_wrong_size_is_named(tiny_model) -> None:
 
 
 def test_default_preprocessing_follows_the_model_input(tiny_model) -> None:
-    from unified.core.model_source import resolve_model
+    from unified.inputs.model_source import resolve_model
 
     pre = resolve_model(tiny_model).preprocess
     assert (pre.resize, pre.crop) == (18, 16)

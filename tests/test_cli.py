@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from unified.core import progress as progress_module
+from unified.terminal import progress as progress_module
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unified.core.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "unified.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env=dict(os.environ))
 
 

@@ -49,7 +49,7 @@ def test_unknown_backend_in_compare(tiny_model) -> None:
 @pytest.mark.lite0
 def test_cli_compare_on_defaults_writes_json_and_png(tmp_path) -> None:
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
-    proc = subprocess.run([sys.executable, "-m", "unified.core.cli", "compare", "--layer-images", "2",
+    proc = subprocess.run([sys.executable, "-m", "unified.cli", "compare", "--layer-images", "2",
                            "--json", str(out_json), "--plot", str(out_png)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "top-1" in proc.stdout and "rknn" in proc.stdout and "tengine" in proc.stdout

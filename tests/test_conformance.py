@@ -49,7 +49,7 @@ def test_example_plugin_is_installed_and_listed(monkeypatch) -> None:
         names = [b.name for b in unified.backends()]
         assert names[:3] == BUILTINS and "refeval" in names
         assert plugins.plugin_failures() == {}
-        out = subprocess.run([sys.executable, "-m", "unified.core.cli", "backends"], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "unified.cli", "backends"], capture_output=True, text=True,
                              env={k: v for k, v in os.environ.items() if k != plugins.AUTOLOAD_OFF_ENV}, check=True)
         assert "refeval" in out.stdout and "ONNX reference evaluator" in out.stdout
     finally:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import unified
-from unified.core.sample_images import offline_photos
+from unified.inputs.sample_images import offline_photos
 
 pytestmark = pytest.mark.lite0
 

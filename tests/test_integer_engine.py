@@ -7,13 +7,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import unified
-from unified.core.integer.fidelity import end_to_end, layer_agreement
-from unified.core.integer.fixed_point import (
+from unified.engine.fidelity import end_to_end, layer_agreement
+from unified.engine.fixed_point import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     requantize,
 )
-from unified.core.integer.rounding import RoundingPolicy
+from unified.core.rounding import RoundingPolicy
 from unified.backends.rknn.scheme import RknnScheme
 
 PRE16 = unified.Preprocess(resize=16, crop=16)
@@ -104,7 +104,7 @@ def tiny_rknn(tiny_model, tiny_calibration):
 
 
 def test_integer_only_between_quantize_and_dequantize(tiny_rknn, tiny_batch) -> None:
-    from unified.core.integer.interpreter import Interpreter
+    from unified.engine.interpreter import Interpreter
 
     seen: list[tuple[str, str, np.dtype]] = []
     q = np.ascontiguousarray(tiny_rknn.quantize_input(tiny_batch).transpose(0, 3, 1, 2))
@@ -121,7 +121,7 @@ def test_integer_only_between_quantize_and_dequantize(tiny_rknn, tiny_batch) -> 
 
 def test_fast_and_reference_interpreters_agree_on_lite0_sized_values(tiny_model) -> None:
     """Random weights and inputs spanning the whole int8 range: fast and reference paths agree."""
-    from unified.core.integer.interpreter import Interpreter
+    from unified.engine.interpreter import Interpreter
 
     rng = np.random.default_rng(11)
     cal = [rng.uniform(-3, 3, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)]

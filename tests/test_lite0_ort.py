@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 import unified
 from unified.backends.ort.quantizer import cpu_has_vnni
-from unified.core.sample_images import bundled_photo_path
+from unified.inputs.sample_images import bundled_photo_path
 
 pytestmark = pytest.mark.lite0
 CAT_CLASSES = range(281, 286)
@@ -49,7 +49,7 @@ def test_reduce_range_gives_7_bit_weights(lite0, calib_crops) -> None:
 def test_tf_normalization_is_more_confident_than_imagenet_stats(lite0, lite0_fp32_logits) -> None:
     """The weights expect (x-127)/128: on real photos it gives higher top-1 confidence."""
     from unified.core.result import softmax
-    from unified.core.sample_images import random_crops
+    from unified.inputs.sample_images import random_crops
 
     imagenet = unified.Preprocess(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
     crops = random_crops(200, seed=0)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import unified
-from unified.core.integer.fidelity import end_to_end, layer_agreement
-from unified.core.sample_images import bundled_photo_path
+from unified.engine.fidelity import end_to_end, layer_agreement
+from unified.inputs.sample_images import bundled_photo_path
 from tests.torchvision_models import ARCHITECTURES, torchvision_onnx
 
 pytestmark = pytest.mark.lite0
@@ -82,7 +82,7 @@ def test_fidelity_oracle_torchvision(arch: str) -> None:
 
 def test_fast_engine_equals_reference_interpreter_on_lite0(rknn_default, eval_batch) -> None:
     """ORT-accelerated exact accumulation + float64-carried requantization == pure int64 numpy."""
-    from unified.core.integer.interpreter import Interpreter
+    from unified.engine.interpreter import Interpreter
 
     art = rknn_default.artifact
     x = np.ascontiguousarray(art.quantize_float(eval_batch[:2]).transpose(0, 3, 1, 2))

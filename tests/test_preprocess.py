@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from unified.core.errors import ImageError
-from unified.core.images import load_rgb
-from unified.core.preprocess import Preprocess
-from unified.core.sample_images import bundled_photo_path, offline_photos
+from unified.inputs.images import load_rgb
+from unified.inputs.preprocess import Preprocess
+from unified.inputs.sample_images import bundled_photo_path, offline_photos
 
 
 def _torchvision_reference(image: Image.Image, pre: Preprocess) -> np.ndarray:

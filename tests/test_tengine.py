@@ -7,9 +7,9 @@ import pytest
 import unified
 from unified.backends.tengine.plugin import write_scale_file
 from unified.backends.tengine.scheme import TengineScheme
-from unified.core.equalization import equalize
-from unified.core.integer.fidelity import end_to_end, layer_agreement
-from unified.core.integer.prepare import prepare
+from unified.quant.equalization import equalize
+from unified.engine.fidelity import end_to_end, layer_agreement
+from unified.graph.prepare import prepare
 
 PRE16 = unified.Preprocess(resize=16, crop=16)
 
@@ -115,7 +115,7 @@ def test_bad_scale_files(tmp_path, tiny_model, content, message) -> None:
 def test_equalization_keeps_the_float_model_exact(tiny_batch) -> None:
     import onnx
 
-    from unified.conformance.tiny_models import tiny_classifier
+    from unified.consistency.tiny_models import tiny_classifier
 
     prepared = prepare(tiny_classifier(seed=4))            # conv1 -> Relu -> depthwise conv: eligible
     equalized, pairs = equalize(prepared)

@@ -9,12 +9,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import unified
 from unified.backends.tengine.scheme import TengineScheme
-from unified.core.bias_correction import correct_biases
-from unified.core.calibration import CalibrationSet
-from unified.core.integer.build import fake_quantizer, weight_grid
-from unified.core.integer.prepare import prepare
-from unified.core.layer_moments import _patches, input_moments
-from unified.core.weight_rounding import WeightGrid, choose_rounding, round_weights
+from unified.quant.bias_correction import correct_biases
+from unified.inputs.calibration import CalibrationSet
+from unified.quant.pipeline import fake_quantizer, weight_grid
+from unified.graph.prepare import prepare
+from unified.quant.layer_moments import _patches, input_moments
+from unified.quant.weight_rounding import WeightGrid, choose_rounding, round_weights
 
 PRE16 = unified.Preprocess(resize=16, crop=16)
 

@@ -14,7 +14,7 @@ def torchvision_onnx(name: str) -> onnx.ModelProto:
     import torch
     import torchvision
 
-    from unified.core.zoo import export_torch
+    from unified.inputs.zoo import export_torch
 
     torch.manual_seed(0)
     kwargs = {"weights": None}

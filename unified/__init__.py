@@ -17,8 +17,8 @@ under the entry-point group "unified" in your package's pyproject.toml:
 import unified.backends as _builtin_backends_package  # noqa: F401
 from unified.core.api import backends, infer, load, quantize
 from unified.core.backend_spec import BackendSpec
-from unified.core.compare import CompareReport, compare
-from unified.core.calibration import CalibrationSet
+from unified.consistency.compare import CompareReport, compare
+from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import (
     BackendError,
     BackendNotFoundError,
@@ -32,7 +32,7 @@ from unified.core.errors import (
     UnsupportedOperatorError,
 )
 from unified.core.hookspecs import hookimpl
-from unified.core.preprocess import Preprocess
+from unified.inputs.preprocess import Preprocess
 from unified.core.quant_params import QuantParams
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult

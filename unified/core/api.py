@@ -15,13 +15,13 @@ from typing import Any
 
 from unified.core import plugins
 from unified.core.backend_spec import BackendSpec
-from unified.core.calibration import CalibrationSet, default_calibration, make_calibration_set
+from unified.inputs.calibration import CalibrationSet, default_calibration, make_calibration_set
 from unified.core.errors import BackendError, SavedModelError
-from unified.core.images import ImageLike
-from unified.core.onnx_model import fingerprint
-from unified.core.model_source import resolve_model
+from unified.inputs.images import ImageLike
+from unified.graph.onnx_model import fingerprint
+from unified.inputs.model_source import resolve_model
 from unified.core.paths import cache_dir
-from unified.core.preprocess import Preprocess
+from unified.inputs.preprocess import Preprocess
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult
 
@@ -112,7 +112,7 @@ def quantize(
 
 def _check_calibration_shape(cal: CalibrationSet, model) -> None:
     from unified.core.errors import CalibrationError
-    from unified.core.onnx_model import input_shape
+    from unified.graph.onnx_model import input_shape
 
     expected = input_shape(model)
     got = cal.tensors[0].shape

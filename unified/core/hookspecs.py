@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # imports for annotations only: the hook module must stay imp
 
     from unified.core.artifact import QuantizedArtifact
     from unified.core.backend_spec import BackendSpec
-    from unified.core.calibration import CalibrationSet
-    from unified.core.preprocess import Preprocess
+    from unified.inputs.calibration import CalibrationSet
+    from unified.inputs.preprocess import Preprocess
 
 hookspec = pluggy.HookspecMarker("unified")
 hookimpl = pluggy.HookimplMarker("unified")

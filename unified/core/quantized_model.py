@@ -15,8 +15,8 @@ from unified.core import plugins
 from unified.core.artifact import QuantizedArtifact
 from unified.core.backend_spec import BackendSpec
 from unified.core.errors import BackendError, InputError, SavedModelError
-from unified.core.images import ImageLike
-from unified.core.preprocess import Preprocess, as_input_batch
+from unified.inputs.images import ImageLike
+from unified.inputs.preprocess import Preprocess, as_input_batch
 from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
 from unified.core.saved_model import read_container, write_container

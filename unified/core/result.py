@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unified.core.labels import label_for
+from unified.inputs.labels import label_for
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from unified.core.backend_spec import BackendSpec
-from unified.core.calibration import CalibrationSet
+from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
 from unified.core.quant_params import QuantParams
@@ -35,7 +35,7 @@ class OrtArtifact:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    from unified.core.ort_session import make_session
+                    from unified.graph.ort_session import make_session
 
                     self._session = make_session(self.model_bytes)
                     self._input_name = self._session.get_inputs()[0].name

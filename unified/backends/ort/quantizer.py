@@ -27,10 +27,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from unified.core.bias_correction import correct_biases
-from unified.core.calibration import CalibrationSet
+from unified.quant.bias_correction import correct_biases
+from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import BackendError
-from unified.core.onnx_model import graph_inputs
+from unified.graph.onnx_model import graph_inputs
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,

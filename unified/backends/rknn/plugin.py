@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 
 from unified.core.backend_spec import BackendSpec, reject_unknown_options
-from unified.core.calibration import CalibrationSet
+from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
-from unified.core.integer.artifact import IntegerArtifact
-from unified.core.integer.build import BuildOptions, build_integer_graph
-from unified.core.integer.hooks import IntegerBackendHooks
-from unified.core.preprocess import Preprocess
+from unified.engine.integer_artifact import IntegerArtifact
+from unified.quant.pipeline import BuildOptions, build_integer_graph
+from unified.engine.backend_hooks import IntegerBackendHooks
+from unified.inputs.preprocess import Preprocess
 from unified.backends.rknn.scheme import RknnScheme
 
 NAME = "rknn"

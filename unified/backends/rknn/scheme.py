@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unified.core.integer.rounding import RoundingPolicy
-from unified.core.integer.scheme import Scheme, TensorQ
+from unified.core.rounding import RoundingPolicy
+from unified.engine.scheme import Scheme, TensorQ
 
 
 def _asym_int8(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,14 +24,14 @@ import onnx
 
 from unified.backends.tengine.scheme import TengineScheme, format_scale
 from unified.core.backend_spec import BackendSpec, reject_unknown_options
-from unified.core.calibration import CalibrationSet
+from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
-from unified.core.integer.artifact import IntegerArtifact
-from unified.core.integer.build import BuildOptions, build_integer_graph
-from unified.core.integer.hooks import IntegerBackendHooks
-from unified.core.integer.scale_table import read_scale_table, write_scale_table
-from unified.core.preprocess import Preprocess
+from unified.engine.integer_artifact import IntegerArtifact
+from unified.quant.pipeline import BuildOptions, build_integer_graph
+from unified.engine.backend_hooks import IntegerBackendHooks
+from unified.engine.scale_table import read_scale_table, write_scale_table
+from unified.inputs.preprocess import Preprocess
 
 NAME = "tengine"
 ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}

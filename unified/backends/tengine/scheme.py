@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unified.core.integer.rounding import RoundingPolicy
-from unified.core.integer.scheme import Scheme, TensorQ
+from unified.core.rounding import RoundingPolicy
+from unified.engine.scheme import Scheme, TensorQ
 
 
 def printed_scale(scale: float) -> float:

@@ -1,0 +1,156 @@
+"""The `unified` command: infer, quantize, compare, backends.
+
+With no model given, the built-in pretrained EfficientNet-Lite0 is used; with no image, the
+bundled cat photo. `unified infer` with no `--backend` runs every installed backend and mode.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from typing import Any, Sequence
+
+from unified.core import api, plugins
+from unified.core.errors import UnifiedError
+from unified.terminal.table import format_table
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UnifiedError(f"option {pair!r} must look like key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _runs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    specs = api.backends()
+    if args.backend:
+        spec = plugins.get_backend(args.backend)
+        return [(spec.name, m) for m in ([args.mode] if args.mode else [spec.default_mode])]
+    runs = []
+    for spec in specs:
+        modes = [args.mode] if args.mode and args.mode in spec.modes else list(spec.modes)
+        runs += [(spec.name, m) for m in modes]
+    return runs
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from unified.inputs.sample_images import bundled_photo_path
+
+    image = args.image or str(bundled_photo_path())
+    options = _parse_options(args.option)
+    print(f"model: {args.model or 'efficientnet_lite0 (built-in, pretrained)'}   image: {image}")
+    saved = api.load(args.model) if args.model and api.looks_saved(args.model) else None
+    runs = [(saved.backend, saved.mode)] if saved else _runs(args)
+    for backend, mode in runs:
+        qm = saved or api.quantize(args.model, backend=backend, mode=mode, calibration=args.calibration, **options)
+        result = qm.infer(image)
+        print(f"\n{backend} / {mode}")
+        print(format_table(["rank", "class", "label", "probability"],
+                           [(i + 1, idx, label, f"{p:.4f}") for i, (idx, label, p) in enumerate(result.top5)]))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    options = _parse_options(args.option)
+    qm = api.quantize(args.model, backend=args.backend, mode=args.mode, calibration=args.calibration,
+                      cache=False, **options)
+    qm.save(args.output)
+    print(f"saved {qm.backend}/{qm.mode} model to {args.output}")
+    if qm.input_quant is not None:
+        print(f"input:  {qm.input_quant}")
+        print(f"output: {qm.output_quant}")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    rows = [(s.name, s.io, f"{s.input_dtype} {s.input_layout}", s.output_dtype, ",".join(s.modes), s.plugin, s.description)
+            for s in api.backends()]
+    print(format_table(["backend", "io", "input", "output", "modes", "plugin", "description"], rows))
+    for name, error in plugins.plugin_failures().items():
+        print(f"plugin {name!r} failed to load: {error}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from unified.consistency.compare import compare
+
+    images = args.images or None
+    if images and len(images) == 1:
+        images = images[0]
+    report = compare(args.model, images, backends=args.backends, calibration=args.calibration,
+                     layer_images=args.layer_images)
+    print(report.table())
+    for b in report.backends:
+        worst = b.worst_layers(3)
+        if worst:
+            print(f"  {b.label}: most error enters at " + "; ".join(
+                f"{l.tensor} (single {l.single_sqnr_db:.1f} dB, entire {l.entire_sqnr_db:.1f} dB)" for l in worst))
+    if args.json:
+        report.save_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unified", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("infer", help="classify an image on one or every backend")
+    p.add_argument("image", nargs="?", help="image file (default: the bundled cat photo)")
+    p.add_argument("--model", help="zoo name, .onnx file or saved quantized model (default: efficientnet_lite0)")
+    p.add_argument("--backend", help="backend name (default: every installed backend)")
+    p.add_argument("--mode", help="backend mode, e.g. ort: static | dynamic | fp32")
+    p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("quantize", help="quantize a model for a backend and save it")
+    p.add_argument("--model", help="zoo name or .onnx file (default: efficientnet_lite0)")
+    p.add_argument("--backend", default="ort")
+    p.add_argument("--mode")
+    p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
+    p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("backends", help="list installed backends and their I/O contracts")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("compare", help="compare backends with fp32 on the same images (table, JSON, plot)")
+    p.add_argument("images", nargs="*", help="images or folders (default: 50 crops of the offline photos)")
+    p.add_argument("--model", help="zoo name or .onnx file (default: efficientnet_lite0)")
+    p.add_argument("--backends", nargs="+", default=["ort", "rknn", "tengine"])
+    p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
+    p.add_argument("--layer-images", type=int, default=8, help="images used by the per-layer analysis")
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--plot", help="write a PNG of per-layer error across backends")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs through root
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UnifiedError as exc:
+        print(f"unified: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Running an `IntegerGraph`: the kernel table applied node by node, with an optional tap.
+
+The tap sees every tensor a node produces ("activation") and every accumulator ("accumulator"),
+which is how the tests prove the run is integer-only and how per-layer analysis reads tensors.
+Float fallback nodes (asked for by the user) dequantize, run the op with ONNX's reference
+evaluator, and quantize again.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from unified.core.errors import InputError
+from unified.engine.integer_graph import IntegerGraph
+from unified.engine.kernels import KERNELS
+
+Tap = Callable[[str, str, np.ndarray], None]
+
+
+def _no_tap(node: str, kind: str, array: np.ndarray) -> None:
+    return None
+
+
+class Interpreter:
+    """Executes one IntegerGraph; thread-safe (no state is written during `run`).
+
+    `reference=True` keeps every accumulator and requantization in int64 (the readable reference);
+    the default also uses float64 carriers where lowering proved them exact (`requant_f64`), which
+    is several times faster. Tests check that both modes agree bit for bit.
+    """
+
+    def __init__(self, graph: IntegerGraph, reference: bool = False) -> None:
+        if reference:
+            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes],
+                            accelerators={})
+        else:
+            from unified.engine.ort_accumulate import conv_accumulator_session
+
+            graph = replace(graph, accelerators={
+                node.name: conv_accumulator_session(node, graph.dtype)
+                for node in graph.nodes if node.op == "conv" and node.attrs.get("exact") == "float32"})
+        self.graph = graph
+        self._fallback: dict[str, object] = {}
+        self._lock = threading.Lock()
+        last_use: dict[str, int] = {}
+        for i, node in enumerate(graph.nodes):
+            for name in node.inputs:
+                last_use[name] = i
+        self._free_after = {i: [n for n, last in last_use.items() if last == i and n != graph.output_name]
+                            for i in range(len(graph.nodes))}
+
+    def _fallback_evaluator(self, name: str):
+        if name not in self._fallback:
+            with self._lock:
+                if name not in self._fallback:
+                    import onnx
+                    from onnx.reference import ReferenceEvaluator
+
+                    self._fallback[name] = ReferenceEvaluator(onnx.load_from_string(self.graph.float_fallback[name]))
+        return self._fallback[name]
+
+    def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray:
+        g = self.graph
+        if x.dtype != np.dtype(g.dtype):
+            raise InputError(f"integer input must be {g.dtype}, got {x.dtype}")
+        listening = tap is not None
+        tap = tap or _no_tap
+        values: dict[str, np.ndarray] = {g.input_name: x}
+        tap("input", "activation", x)
+        for i, node in enumerate(g.nodes):
+            inputs = [values[n] for n in node.inputs]
+            if node.op == "float":
+                outs = self.run_float_node(node, inputs)
+            else:
+                outs = KERNELS[node.op](node, inputs, g, tap if listening else None)
+            for name, value in zip(node.outputs, outs):
+                values[name] = value
+                tap(node.name, "activation", value)
+            if tap is _no_tap:
+                for name in self._free_after[i]:
+                    values.pop(name, None)
+        return values[g.output_name]
+
+    def run_all(self, x: np.ndarray, tap: Tap | None = None) -> dict[str, np.ndarray]:
+        """Every tensor of one run by name (per-layer analysis and the fidelity oracle)."""
+        values: dict[str, np.ndarray] = {}
+        g = self.graph
+        values[g.input_name] = x
+        for node in g.nodes:
+            inputs = [values[n] for n in node.inputs]
+            outs = self.run_float_node(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap)
+            values.update(zip(node.outputs, outs))
+        return values
+
+    def run_float_node(self, node, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """A float-fallback node: dequantize, evaluate with ONNX's reference evaluator, quantize."""
+        g = self.graph
+        feeds = {}
+        for name, q in zip(node.inputs, inputs):
+            feeds[name] = g.tensors[name].dequantize(q).astype(np.float32)
+        outs = self._fallback_evaluator(node.name).run(None, feeds)
+        result = []
+        for name, y in zip(node.outputs, outs):
+            result.append(g.tensors[name].quantize(y, g.rounding, g.qmin, g.qmax).astype(g.dtype))
+        return result

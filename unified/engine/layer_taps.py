@@ -1,0 +1,39 @@
+"""Per-layer tensors of an integer graph for consistency analysis (RKNN's accuracy_analysis style).
+
+"entire": every tensor of a normal run, dequantized. "single": each node fed the fp32 reference
+tensors quantized with its inputs' own parameters, so only that layer's error shows.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from unified.engine.integer_artifact import IntegerArtifact
+from unified.engine.kernels import KERNELS
+
+
+def layer_outputs(artifact: IntegerArtifact, native: np.ndarray,
+                  reference: Mapping[str, np.ndarray] | None) -> dict[str, dict[str, np.ndarray]]:
+    g = artifact.graph
+    x = np.ascontiguousarray(native.transpose(0, 3, 1, 2)) if artifact.layout == "NHWC" else native
+    values = artifact.interpreter.run_all(x)
+    constants = {o for n in g.nodes if n.op == "const" for o in n.outputs}
+    entire = {name: g.tensors[name].dequantize(v).astype(np.float32)
+              for name, v in values.items() if name in g.tensors and name not in constants and name != g.input_name}
+    single: dict[str, np.ndarray] = {}
+    if reference is not None:
+        inside = bool(g.scheme.get("zero_point_inside_round"))
+        for node in g.nodes:
+            if node.op == "const" or not all(i in reference or i in constants for i in node.inputs):
+                continue
+            inputs = [values[i] if i in constants else
+                      g.tensors[i].quantize(reference[i], g.rounding, g.qmin, g.qmax, inside).astype(g.dtype)
+                      for i in node.inputs]
+            if node.op == "float":
+                outs = artifact.interpreter.run_float_node(node, inputs)
+            else:
+                outs = KERNELS[node.op](node, inputs, artifact.interpreter.graph, None)
+            for name, out in zip(node.outputs, outs):
+                single[name] = g.tensors[name].dequantize(out).astype(np.float32)
+    return {"entire": entire, "single": single}

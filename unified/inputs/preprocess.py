@@ -1,0 +1,105 @@
+"""Image preprocessing in PIL + numpy, equal to torchvision's classification transforms.
+
+`Preprocess(resize=256, crop=224, mean, std)` reproduces
+``Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize(mean/255, std/255)`` within 1e-6
+(a test compares them), without importing torch: the runtime path must not need it.
+Mean and std are in pixel units (0..255), the way RKNN's `mean_values`/`std_values` and Tengine's
+`-w`/`-s` are given, so the same numbers configure every backend.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from unified.core.errors import ImageError, InputError
+from unified.inputs.images import ImageLike, load_rgb
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a photo becomes the model's float NCHW input."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Preprocess":
+        return cls(
+            resize=int(data["resize"]),
+            crop=int(data["crop"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+        )
+
+    def pixels(self, image: ImageLike) -> np.ndarray:
+        """Resize and center-crop to an HxWx3 uint8 array (what an NPU's camera pipeline feeds)."""
+        im = load_rgb(image)
+        im = resize_shorter_side(im, self.resize)
+        im = center_crop(im, self.crop)
+        return np.asarray(im, dtype=np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC or HWC pixels -> float32 NCHW tensor, (pixel - mean) / std."""
+        arr = np.asarray(pixels)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise InputError(f"expected HxWx3 or NxHxWx3 pixels, got shape {arr.shape}")
+        # Same operation order as torchvision (x/255 - m/255) / (s/255) would round differently by
+        # ~1 ulp; we compute in float64 and round once, which stays within 1e-6 of it.
+        x = (arr.astype(np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        """One image -> float32 tensor of shape (1, 3, crop, crop)."""
+        return self.normalize(self.pixels(image))
+
+    def batch(self, images: Iterable[ImageLike]) -> np.ndarray:
+        tensors = [self(im) for im in images]
+        if not tensors:
+            raise ImageError("no images given")
+        return np.concatenate(tensors, axis=0)
+
+
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    """torchvision `Resize(size)` on a PIL image: shorter side to `size`, bilinear with antialias."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return image
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    return image.resize((new_w, new_h), Image.BILINEAR)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision `CenterCrop(size)`: offsets rounded as torchvision does (pads if too small)."""
+    w, h = image.size
+    if w < size or h < size:
+        padded = Image.new("RGB", (max(w, size), max(h, size)))
+        padded.paste(image, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        image, (w, h) = padded, padded.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def as_input_batch(x: np.ndarray | Sequence[ImageLike] | ImageLike, preprocess: Preprocess) -> np.ndarray:
+    """Accept a ready float NCHW/CHW tensor, or image(s), and return a float32 NCHW batch."""
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise InputError(f"expected a float NCHW tensor, got shape {x.shape}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if isinstance(x, (list, tuple)):
+        return preprocess.batch(x)
+    return preprocess(x)  # type: ignore[arg-type]

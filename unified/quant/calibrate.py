@@ -1,0 +1,66 @@
+"""Activation statistics of the prepared float graph over the calibration set.
+
+ONNX Runtime runs the float model with every tensor tapped; pass one records exact extremes, pass two, only for histogram-based estimators, fills a
+2048-bin histogram per tensor over the extremes found. Batches of 4 keep peak memory low.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from unified.inputs.calibration import CalibrationSet
+from unified.core.errors import CalibrationError
+from unified.graph.float_stats import run_tapped
+from unified.quant.ranges import ESTIMATORS, Histogram
+from unified.graph.onnx_model import graph_inputs
+from unified.terminal.progress import progress
+
+
+@dataclass
+class TensorStats:
+    histograms: dict[str, Histogram]
+
+
+def tapped_names(model: onnx.ModelProto) -> list[str]:
+    names = [graph_inputs(model)[0].name]
+    for node in model.graph.node:
+        names += [o for o in node.output if o]
+    return names
+
+
+def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str) -> TensorStats:
+    if method not in ESTIMATORS:
+        raise CalibrationError(f"unknown range estimator {method!r}; choose one of {', '.join(ESTIMATORS)}")
+    names = tapped_names(model)
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    batch = 4
+    steps = (len(calibration) + batch - 1) // batch
+    bar = progress(range(steps * (1 if method == "minmax" else 2)), steps * (1 if method == "minmax" else 2), "calibrating")
+    ticker = iter(bar)
+
+    def first_pass(values: dict[str, np.ndarray]) -> None:
+        next(ticker, None)
+        for name, v in values.items():
+            if v.dtype.kind != "f" or v.size == 0:
+                continue
+            if not np.isfinite(v).all():
+                raise CalibrationError(f"tensor {name!r} becomes NaN/Inf on the calibration data")
+            lo[name] = min(lo[name], float(v.min()))
+            hi[name] = max(hi[name], float(v.max()))
+
+    run_tapped(model, names, calibration, first_pass, batch_size=batch)
+    histograms = {n: Histogram(min(lo[n], 0.0), max(hi[n], 0.0)) for n in names if np.isfinite(lo[n])}
+    if method != "minmax":
+        def second_pass(values: dict[str, np.ndarray]) -> None:
+            next(ticker, None)
+            for name, v in values.items():
+                if name in histograms:
+                    histograms[name].add(v)
+
+        run_tapped(model, names, calibration, second_pass, batch_size=batch)
+    for _ in ticker:
+        pass
+    return TensorStats(histograms)

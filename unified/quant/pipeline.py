@@ -1,0 +1,92 @@
+"""The build pipeline every emulated NPU backend shares, parameterized by its `Scheme`.
+
+prepare (fold BN/Pad/constants) -> optional bias correction against the scheme's own weight
+rounding -> calibrate activation statistics with ORT -> lower to an `IntegerGraph`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+import onnx
+
+from unified.quant.bias_correction import correct_biases
+from unified.inputs.calibration import CalibrationSet
+from unified.core.errors import CalibrationError
+from unified.quant.calibrate import collect
+from unified.engine.integer_graph import IntegerGraph
+from unified.engine.lowering import lower
+from unified.graph.prepare import prepare
+from unified.quant.ranges import weight_ranges
+from unified.quant.equalization import equalize
+from unified.engine.scale_table import check_names
+from unified.engine.scheme import Scheme, TensorQ
+from unified.inputs.preprocess import Preprocess
+from unified.quant.weight_rounding import WeightGrid, from_weight_rows, round_weights, weight_rows
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    range_method: str = "minmax"        # activation range estimator (ranges.ESTIMATORS)
+    weight_method: str = "minmax"       # "minmax" | "mse"
+    bias_correction: bool = False
+    equalization: bool = False
+    adaptive_rounding: bool = False     # output-aware up/down rounding of weights (weight_rounding)
+    float_fallback: tuple[str, ...] = ()
+
+
+def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
+    """The grid the scheme quantizes `w` on (output channels along axis 0), and its own rounding."""
+    lo, hi = weight_ranges(w, scheme.per_channel_weights, weight_method, 256)
+    scale, zp = scheme.weight_params(lo, hi)
+    if not scheme.per_channel_weights:
+        scale, zp = np.full(w.shape[0], float(scale[0])), np.full(w.shape[0], int(zp[0]))
+    return WeightGrid(np.asarray(scale, np.float64), np.asarray(zp, np.int64), scheme.wmin, scheme.wmax,
+                      scheme.quantize_weight(w, scale, zp))
+
+
+def fake_quantizer(scheme: Scheme, weight_method: str):
+    """The scheme's weight rounding as float -> float, for bias correction to compensate exactly."""
+    def quantize(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+        rows = weight_rows(node, w.astype(np.float64))
+        grid = weight_grid(scheme, weight_method, rows)
+        real = (grid.nearest - grid.zero_point[:, None]) * grid.scale[:, None]
+        return from_weight_rows(node, real, w.shape).astype(np.float32)
+    return quantize
+
+
+def input_range(preprocess: Preprocess) -> tuple[float, float]:
+    """The normalized range of 8-bit pixels: folding mean/std into the integer input."""
+    mean = np.asarray(preprocess.mean, np.float64)
+    std = np.asarray(preprocess.std, np.float64)
+    return float(((0 - mean) / std).min()), float(((255 - mean) / std).max())
+
+
+def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
+                        options: BuildOptions, preprocess: Preprocess | None,
+                        given: dict[str, TensorQ] | None = None) -> IntegerGraph:
+    """prepare -> [equalize] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale table is `given`) -> lower.
+
+    `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
+    integer input); None: the input range is calibrated like any tensor.
+    """
+    if given is None and (calibration is None or len(calibration) == 0):
+        raise CalibrationError(f"{scheme.name}: quantization needs calibration data (or a scale table)")
+    prepared = prepare(model)
+    if given is not None:
+        known = {i.name for i in prepared.graph.input} | {o for n in prepared.graph.node for o in n.output}
+        check_names(given, known, "scale table")
+    if options.equalization:
+        prepared, _ = equalize(prepared)
+    unrounded = prepared
+    if options.adaptive_rounding:
+        if calibration is None:
+            raise CalibrationError(f"{scheme.name}: adaptive rounding needs calibration data")
+        prepared = round_weights(prepared, calibration, lambda rows, node: weight_grid(scheme, options.weight_method, rows),
+                                 centered=options.bias_correction)
+    if options.bias_correction:
+        if calibration is None:
+            raise CalibrationError(f"{scheme.name}: bias correction needs calibration data")
+        prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method), unrounded)
+    stats = collect(prepared, calibration, options.range_method) if given is None else None
+    return lower(prepared, stats, scheme, options.range_method, options.weight_method,
+                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given)
