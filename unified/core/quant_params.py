@@ -1,47 +1,92 @@
-"""`QuantParams`: how a float tensor maps to an integer one, `real = scale * (q - zero_point)`."""
+"""`QuantParams`: how a float tensor maps to an integer one, `real = scale * (q - zero_point)`.
+
+One type for every quantized tensor in unified: a model's documented I/O (`qm.input_quant`), every
+tensor of the integer engine, and scale-table entries. It carries the backend's rounding rule, so
+`params.quantize(x)` computes exactly what the backend computes (Tengine adds the zero point
+before rounding ties away from zero; RKNN rounds ties to even, then adds it).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-_DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
+from unified.core.rounding import RoundingPolicy
+
+#: The one table of integer ranges, by dtype name.
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+}
+
+
+def integer_range(dtype: str) -> tuple[int, int]:
+    """(qmin, qmax) of an integer dtype; a clear error for anything else."""
+    try:
+        return INTEGER_RANGES[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported integer dtype {dtype!r}; known: {', '.join(INTEGER_RANGES)}") from None
 
 
 @dataclass(frozen=True)
 class QuantParams:
-    """Scale and zero point of one tensor, with the integer dtype and memory layout it lives in.
+    """Scale and zero point of one tensor, with its integer dtype, layout and rounding rule.
 
     Per-tensor parameters have a scalar scale; per-channel ones carry one scale per channel along
     `axis`. `layout` matters for model inputs, whose native layout may differ from ONNX's NCHW
-    (RKNN feeds NHWC images).
+    (RKNN feeds NHWC images). `zero_point_inside_round` is True for schemes that compute
+    `round(x / s + z)` (Tengine) rather than `round(x / s) + z`; the two differ on ties.
     """
 
     scale: float | tuple[float, ...]
     zero_point: int | tuple[int, ...]
-    dtype: str
+    dtype: str = "int8"
     layout: str = "NCHW"
     axis: int | None = None
+    rounding: RoundingPolicy = RoundingPolicy.TIES_TO_EVEN
+    zero_point_inside_round: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype not in _DTYPE_RANGES:
-            raise ValueError(f"unsupported integer dtype {self.dtype!r}")
+        integer_range(self.dtype)
+        object.__setattr__(self, "rounding", RoundingPolicy(self.rounding))
 
     @property
     def qmin(self) -> int:
-        return _DTYPE_RANGES[self.dtype][0]
+        return integer_range(self.dtype)[0]
 
     @property
     def qmax(self) -> int:
-        return _DTYPE_RANGES[self.dtype][1]
+        return integer_range(self.dtype)[1]
+
+    def _broadcast(self, values: float | int | tuple, ndim: int) -> np.ndarray:
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim == 0 or self.axis is None:
+            return arr
+        shape = [1] * ndim
+        shape[self.axis] = -1
+        return arr.reshape(shape)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """Round to nearest (ties to even, numpy's rule) and saturate: what a runtime does on input."""
-        q = np.rint(np.asarray(x, dtype=np.float64) / np.asarray(self.scale)) + np.asarray(self.zero_point)
+        """Round by the backend's rule and saturate: what the backend's runtime does on input."""
+        v = np.asarray(x, dtype=np.float64)
+        scale, zp = self._broadcast(self.scale, v.ndim), self._broadcast(self.zero_point, v.ndim)
+        if self.zero_point_inside_round:
+            q = self.rounding.round(v / scale + zp)
+        else:
+            q = self.rounding.round(v / scale) + zp
         return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return ((np.asarray(q, dtype=np.float64) - np.asarray(self.zero_point)) * np.asarray(self.scale)).astype(np.float32)
+        v = np.asarray(q, dtype=np.float64)
+        scale, zp = self._broadcast(self.scale, v.ndim), self._broadcast(self.zero_point, v.ndim)
+        return ((v - zp) * scale).astype(np.float32)
+
+    def to_json(self) -> list:
+        """Compact form for saved models: [scale, zero_point] (the rest comes from the scheme)."""
+        return [self.scale, self.zero_point]
 
     def __str__(self) -> str:
         scale = f"{self.scale:.6g}" if isinstance(self.scale, float) else f"{len(self.scale)} scales"

@@ -1,6 +1,7 @@
 """`IntegerArtifact`: an `IntegerGraph` plus its interpreter, as a backend's quantized model."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -8,7 +9,6 @@ import numpy as np
 from unified.core.errors import InputError
 from unified.engine.integer_graph import IntegerGraph
 from unified.engine.interpreter import Interpreter, Tap
-from unified.core.quant_params import QuantParams
 
 
 class IntegerArtifact:
@@ -19,9 +19,9 @@ class IntegerArtifact:
         self.layout = layout
         self.extra = dict(extra or {})
         self.interpreter = Interpreter(graph)
-        tin, tout = graph.input_q, graph.output_q
-        self.input_quant = QuantParams(tin.scale, tin.zero_point, graph.dtype, layout)
-        self.output_quant = QuantParams(tout.scale, tout.zero_point, graph.dtype, "NC")
+        # The documented I/O params are the graph's own (same rounding rule), in the native layout.
+        self.input_quant = replace(graph.input_q, layout=layout)
+        self.output_quant = replace(graph.output_q, layout="NC")
 
     @property
     def channels_hw(self) -> tuple[int, int, int] | None:
@@ -50,8 +50,7 @@ class IntegerArtifact:
         if not np.isfinite(x).all():
             raise InputError("input batch contains NaN or Inf values")
         g = self.graph
-        q = g.input_q.quantize(x, g.rounding, g.qmin, g.qmax,
-                               bool(g.scheme.get("zero_point_inside_round"))).astype(g.dtype)
+        q = g.input_q.quantize(x)
         native = np.ascontiguousarray(q.transpose(0, 2, 3, 1)) if self.layout == "NHWC" else q
         self.check_native(native)
         return native

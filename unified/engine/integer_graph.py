@@ -2,7 +2,7 @@
 
 Nodes name a kernel (`op`), their input/output tensors, JSON attributes and integer arrays
 (weights minus zero point, int32 biases, fixed-point multipliers and shifts, lookup tables). Every
-tensor between nodes is an 8-bit integer tensor with a `TensorQ`; the graph's input and output are
+tensor between nodes is an 8-bit integer tensor with its `QuantParams`; the graph's input and output are
 too, so quantize_input and dequantize_output are the only float steps.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from unified.core.errors import SavedModelError
+from unified.core.quant_params import QuantParams, integer_range
 from unified.core.rounding import RoundingPolicy
-from unified.engine.scheme import TensorQ
 
 GRAPH_FORMAT = 1
 
@@ -34,7 +34,7 @@ class IntNode:
 @dataclass
 class IntegerGraph:
     nodes: list[IntNode]
-    tensors: dict[str, TensorQ]
+    tensors: dict[str, QuantParams]
     input_name: str
     output_name: str
     dtype: str                   # "int8" | "uint8": every activation tensor
@@ -47,18 +47,18 @@ class IntegerGraph:
 
     @property
     def qmin(self) -> int:
-        return -128 if self.dtype == "int8" else 0
+        return integer_range(self.dtype)[0]
 
     @property
     def qmax(self) -> int:
-        return 127 if self.dtype == "int8" else 255
+        return integer_range(self.dtype)[1]
 
     @property
-    def input_q(self) -> TensorQ:
+    def input_q(self) -> QuantParams:
         return self.tensors[self.input_name]
 
     @property
-    def output_q(self) -> TensorQ:
+    def output_q(self) -> QuantParams:
         return self.tensors[self.output_name]
 
     # -- serialization: JSON + one .npz (loaded with allow_pickle=False) ------------------------
@@ -77,7 +77,7 @@ class IntegerGraph:
         np.savez(buffer, **arrays)
         meta = {
             "graph_format": GRAPH_FORMAT, "nodes": nodes,
-            "tensors": {k: [v.scale, v.zero_point] for k, v in self.tensors.items()},
+            "tensors": {k: v.to_json() for k, v in self.tensors.items()},
             "input_name": self.input_name, "output_name": self.output_name, "dtype": self.dtype,
             "rounding": self.rounding.value, "scheme": self.scheme, "input_shape": self.input_shape,
             "float_fallback": sorted(self.float_fallback),
@@ -99,10 +99,13 @@ class IntegerGraph:
         nodes = [IntNode(op=n["op"], name=n["name"], inputs=list(n["inputs"]), outputs=list(n["outputs"]),
                          source=n["source"], attrs=n["attrs"], arrays={k: arrays[slot] for k, slot in n["arrays"].items()})
                  for n in meta["nodes"]]
+        rounding = RoundingPolicy(meta["rounding"])
+        inside = bool(meta["scheme"].get("zero_point_inside_round"))
         return cls(
             nodes=nodes,
-            tensors={k: TensorQ(float(v[0]), int(v[1])) for k, v in meta["tensors"].items()},
+            tensors={k: QuantParams(float(v[0]), int(v[1]), meta["dtype"], rounding=rounding, zero_point_inside_round=inside)
+                     for k, v in meta["tensors"].items()},
             input_name=meta["input_name"], output_name=meta["output_name"], dtype=meta["dtype"],
-            rounding=RoundingPolicy(meta["rounding"]), scheme=meta["scheme"], input_shape=meta["input_shape"],
+            rounding=rounding, scheme=meta["scheme"], input_shape=meta["input_shape"],
             float_fallback={name: blobs[f"fallback/{name}.onnx"] for name in meta.get("float_fallback", [])},
         )

@@ -2,12 +2,11 @@
 
 The tap sees every tensor a node produces ("activation") and every accumulator ("accumulator"),
 which is how the tests prove the run is integer-only and how per-layer analysis reads tensors.
-Float fallback nodes (asked for by the user) dequantize, run the op with ONNX's reference
-evaluator, and quantize again.
+Float fallback nodes are the kernel "float" like any other; the interpreter prepares their
+evaluators (ONNX's reference evaluator over the node's one-node model) once, up front.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 from typing import Callable
 
@@ -33,34 +32,22 @@ class Interpreter:
     """
 
     def __init__(self, graph: IntegerGraph, reference: bool = False) -> None:
+        accelerators: dict[str, object] = {name: _float_evaluator(model) for name, model in graph.float_fallback.items()}
         if reference:
-            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes],
-                            accelerators={})
+            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes])
         else:
             from unified.engine.ort_accumulate import conv_accumulator_session
 
-            graph = replace(graph, accelerators={
-                node.name: conv_accumulator_session(node, graph.dtype)
-                for node in graph.nodes if node.op == "conv" and node.attrs.get("exact") == "float32"})
-        self.graph = graph
-        self._fallback: dict[str, object] = {}
-        self._lock = threading.Lock()
+            accelerators.update({node.name: conv_accumulator_session(node, graph.dtype)
+                                 for node in graph.nodes if node.op == "conv" and node.attrs.get("exact") == "float32"})
+        self.graph = replace(graph, accelerators=accelerators)
+        graph = self.graph
         last_use: dict[str, int] = {}
         for i, node in enumerate(graph.nodes):
             for name in node.inputs:
                 last_use[name] = i
         self._free_after = {i: [n for n, last in last_use.items() if last == i and n != graph.output_name]
                             for i in range(len(graph.nodes))}
-
-    def _fallback_evaluator(self, name: str):
-        if name not in self._fallback:
-            with self._lock:
-                if name not in self._fallback:
-                    import onnx
-                    from onnx.reference import ReferenceEvaluator
-
-                    self._fallback[name] = ReferenceEvaluator(onnx.load_from_string(self.graph.float_fallback[name]))
-        return self._fallback[name]
 
     def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray:
         g = self.graph
@@ -72,10 +59,7 @@ class Interpreter:
         tap("input", "activation", x)
         for i, node in enumerate(g.nodes):
             inputs = [values[n] for n in node.inputs]
-            if node.op == "float":
-                outs = self.run_float_node(node, inputs)
-            else:
-                outs = KERNELS[node.op](node, inputs, g, tap if listening else None)
+            outs = KERNELS[node.op](node, inputs, g, tap if listening else None)
             for name, value in zip(node.outputs, outs):
                 values[name] = value
                 tap(node.name, "activation", value)
@@ -91,18 +75,14 @@ class Interpreter:
         values[g.input_name] = x
         for node in g.nodes:
             inputs = [values[n] for n in node.inputs]
-            outs = self.run_float_node(node, inputs) if node.op == "float" else KERNELS[node.op](node, inputs, g, tap)
+            outs = KERNELS[node.op](node, inputs, g, tap)
             values.update(zip(node.outputs, outs))
         return values
 
-    def run_float_node(self, node, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """A float-fallback node: dequantize, evaluate with ONNX's reference evaluator, quantize."""
-        g = self.graph
-        feeds = {}
-        for name, q in zip(node.inputs, inputs):
-            feeds[name] = g.tensors[name].dequantize(q).astype(np.float32)
-        outs = self._fallback_evaluator(node.name).run(None, feeds)
-        result = []
-        for name, y in zip(node.outputs, outs):
-            result.append(g.tensors[name].quantize(y, g.rounding, g.qmin, g.qmax).astype(g.dtype))
-        return result
+
+def _float_evaluator(model_bytes: bytes):
+    """The evaluator of one float-fallback node (ONNX's reference evaluator: any op, any opset)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(onnx.load_from_string(model_bytes))

@@ -327,9 +327,20 @@ def const(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) ->
     return [node.arrays["value"].astype(g.dtype)]
 
 
+def float_fallback(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    """A node the scheme does not express: dequantize, run the float op, quantize its outputs.
+
+    The float op is the node's one-node ONNX model, evaluated by the run-time evaluator the
+    interpreter prepared for it (`g.accelerators[node.name]`)."""
+    feeds = {name: g.tensors[name].dequantize(q) for name, q in zip(node.inputs, inputs)}
+    outs = g.accelerators[node.name].run(None, feeds)
+    return [g.tensors[name].quantize(y) for name, y in zip(node.outputs, outs)]
+
+
 KERNELS: dict[str, Kernel] = {
     "conv": conv, "gemm": gemm, "add": add, "mul": mul, "concat": concat,
     "global_avg": global_avg, "avgpool": avgpool, "maxpool": maxpool, "clamp": clamp, "lut": lut,
     "softmax": softmax, "reshape": reshape, "flatten": flatten, "transpose": transpose,
     "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "slice": slice_, "pad": pad, "const": const,
+    "float": float_fallback,
 }

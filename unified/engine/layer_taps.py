@@ -23,17 +23,13 @@ def layer_outputs(artifact: IntegerArtifact, native: np.ndarray,
               for name, v in values.items() if name in g.tensors and name not in constants and name != g.input_name}
     single: dict[str, np.ndarray] = {}
     if reference is not None:
-        inside = bool(g.scheme.get("zero_point_inside_round"))
         for node in g.nodes:
             if node.op == "const" or not all(i in reference or i in constants for i in node.inputs):
                 continue
             inputs = [values[i] if i in constants else
-                      g.tensors[i].quantize(reference[i], g.rounding, g.qmin, g.qmax, inside).astype(g.dtype)
+                      g.tensors[i].quantize(reference[i])
                       for i in node.inputs]
-            if node.op == "float":
-                outs = artifact.interpreter.run_float_node(node, inputs)
-            else:
-                outs = KERNELS[node.op](node, inputs, artifact.interpreter.graph, None)
+            outs = KERNELS[node.op](node, inputs, artifact.interpreter.graph, None)
             for name, out in zip(node.outputs, outs):
                 single[name] = g.tensors[name].dequantize(out).astype(np.float32)
     return {"entire": entire, "single": single}

@@ -7,32 +7,10 @@ ties away from zero) gives each platform's exact integer model.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-
 import numpy as np
 
+from unified.core.quant_params import QuantParams, integer_range
 from unified.core.rounding import RoundingPolicy
-
-_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
-
-
-@dataclass(frozen=True)
-class TensorQ:
-    """Per-tensor activation parameters: real = scale * (q - zero_point)."""
-
-    scale: float
-    zero_point: int
-
-    def quantize(self, x: np.ndarray, policy: RoundingPolicy, qmin: int, qmax: int,
-                 zero_point_inside_round: bool = False) -> np.ndarray:
-        """round(x / s) + z, or round(x / s + z) for schemes that add the zero point first (Tengine)."""
-        v = np.asarray(x, np.float64) / self.scale
-        if zero_point_inside_round:
-            return np.clip(policy.round(v + self.zero_point), qmin, qmax)
-        return np.clip(policy.round(v) + self.zero_point, qmin, qmax)
-
-    def dequantize(self, q: np.ndarray) -> np.ndarray:
-        return (np.asarray(q, np.float64) - self.zero_point) * self.scale
 
 
 class Scheme(abc.ABC):
@@ -44,25 +22,32 @@ class Scheme(abc.ABC):
     weight_dtype: str = "int8"
     rounding: RoundingPolicy = RoundingPolicy.TIES_TO_EVEN
     per_channel_weights: bool = True
+    #: True where the platform computes round(x / s + z) rather than round(x / s) + z (Tengine)
+    zero_point_inside_round: bool = False
 
     @property
     def qmin(self) -> int:
-        return _RANGES[self.activation_dtype][0]
+        return integer_range(self.activation_dtype)[0]
 
     @property
     def qmax(self) -> int:
-        return _RANGES[self.activation_dtype][1]
+        return integer_range(self.activation_dtype)[1]
 
     @property
     def wmin(self) -> int:
-        return _RANGES[self.weight_dtype][0]
+        return integer_range(self.weight_dtype)[0]
 
     @property
     def wmax(self) -> int:
-        return _RANGES[self.weight_dtype][1]
+        return integer_range(self.weight_dtype)[1]
+
+    def params(self, scale: float, zero_point: int) -> QuantParams:
+        """An activation tensor's parameters under this scheme (dtype and rounding included)."""
+        return QuantParams(float(scale), int(zero_point), self.activation_dtype, rounding=self.rounding,
+                           zero_point_inside_round=self.zero_point_inside_round)
 
     @abc.abstractmethod
-    def activation_params(self, lo: float, hi: float) -> TensorQ:
+    def activation_params(self, lo: float, hi: float) -> QuantParams:
         """Scale and zero point for an activation whose calibrated range is [lo, hi]."""
 
     @abc.abstractmethod
@@ -79,13 +64,14 @@ class Scheme(abc.ABC):
         """int32 bias scale: input scale times each channel's weight scale."""
         return input_scale * weight_scale
 
-    def softmax_output(self) -> TensorQ:
+    def softmax_output(self) -> QuantParams:
         """Fixed output parameters of a final Softmax (probabilities in [0, 1])."""
         return self.activation_params(0.0, 1.0)
 
     def describe(self) -> dict:
         return {"name": self.name, "activation_dtype": self.activation_dtype, "weight_dtype": self.weight_dtype,
-                "rounding": self.rounding.value, "per_channel_weights": self.per_channel_weights}
+                "rounding": self.rounding.value, "per_channel_weights": self.per_channel_weights,
+                "zero_point_inside_round": self.zero_point_inside_round}
 
 
 def widen_to_zero(lo: float, hi: float) -> tuple[float, float]:

@@ -60,6 +60,32 @@ def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
+def output_channel_axis(node: onnx.NodeProto) -> int:
+    """The weight axis that indexes output channels: Conv and Gemm(transB=1) store (out, in, ...);
+    Gemm without transB and MatMul store (in, out)."""
+    if node.op_type == "MatMul" or (node.op_type == "Gemm" and not node_attributes(node).get("transB", 0)):
+        return 1
+    return 0
+
+
+def gemm_weight_rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
+    """A weight with its output channels first: (out, in) for Gemm/MatMul, Conv unchanged."""
+    return w.T if output_channel_axis(node) == 1 else w
+
+
+def weight_rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
+    """Weights as (output channels, inputs per output): the layout quantizers and losses use."""
+    rows = gemm_weight_rows(node, w)
+    return rows.reshape(rows.shape[0], -1)
+
+
+def from_weight_rows(node: onnx.NodeProto, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of `weight_rows`: back to the initializer's own shape."""
+    if output_channel_axis(node) == 1:
+        return rows.T.reshape(shape)
+    return rows.reshape(shape)
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Real inputs (graph inputs that are not initializers, as older exporters list both)."""
     init = {t.name for t in model.graph.initializer}

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from unified.inputs.calibration import CalibrationSet
 from unified.graph.float_stats import channel_means
-from unified.graph.onnx_model import node_attributes
+from unified.graph.onnx_model import gemm_weight_rows, node_attributes
 
 #: fake-quantizes one weight tensor as the backend will: (weight, node) -> dequantized weight
 WeightQuantizer = Callable[[np.ndarray, onnx.NodeProto], np.ndarray]
@@ -35,7 +35,7 @@ def weight_shift(node: onnx.NodeProto, w: np.ndarray, wq: np.ndarray, mean_in: n
         in_index = out_group[:, None] * c_in_g + np.arange(c_in_g)[None, :]
         return (per_tap * mean_in[in_index]).sum(axis=1)
     if node.op_type == "Gemm":
-        mat = dw if int(node_attributes(node).get("transB", 0)) else dw.T  # (out, in)
+        mat = gemm_weight_rows(node, dw)  # (out, in)
         return mat @ mean_in
     raise ValueError(f"bias correction does not handle {node.op_type}")
 

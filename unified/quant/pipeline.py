@@ -6,22 +6,24 @@ rounding -> calibrate activation statistics with ORT -> lower to an `IntegerGrap
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
-from unified.quant.bias_correction import correct_biases
-from unified.inputs.calibration import CalibrationSet
-from unified.core.errors import CalibrationError
-from unified.quant.calibrate import collect
+from unified.core.errors import CalibrationError, ModelError
 from unified.engine.integer_graph import IntegerGraph
-from unified.engine.lowering import lower
-from unified.graph.prepare import prepare
-from unified.quant.ranges import weight_ranges
-from unified.quant.equalization import equalize
+from unified.engine.lowering import RangeSource, lower
 from unified.engine.scale_table import check_names
-from unified.engine.scheme import Scheme, TensorQ
+from unified.engine.scheme import Scheme
+from unified.graph.onnx_model import from_weight_rows, weight_rows
+from unified.graph.prepare import prepare
+from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
-from unified.quant.weight_rounding import WeightGrid, from_weight_rows, round_weights, weight_rows
+from unified.quant.bias_correction import correct_biases
+from unified.quant.calibrate import TensorStats, collect
+from unified.quant.equalization import equalize
+from unified.quant.ranges import ESTIMATORS, weight_ranges
+from unified.quant.weight_rounding import WeightGrid, round_weights
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,26 @@ def input_range(preprocess: Preprocess) -> tuple[float, float]:
     return float(((0 - mean) / std).min()), float(((255 - mean) / std).max())
 
 
+def range_source(scheme: Scheme, options: BuildOptions, stats: TensorStats | None) -> RangeSource:
+    """The ranges lowering applies: the chosen estimator over each tensor's histogram, and the
+    chosen weight-range method per channel or per tensor as the scheme quantizes weights."""
+    estimate = ESTIMATORS.get(options.range_method, ESTIMATORS["minmax"])
+
+    def activation(name: str) -> tuple[float, float]:
+        assert stats is not None
+        if name not in stats.histograms:
+            raise ModelError(f"tensor {name!r} has no calibration statistics")
+        return estimate(stats.histograms[name], 256)
+
+    def weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return weight_ranges(w, scheme.per_channel_weights, options.weight_method, 256)
+
+    return RangeSource(activation if stats is not None else None, weight)
+
+
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
                         options: BuildOptions, preprocess: Preprocess | None,
-                        given: dict[str, TensorQ] | None = None) -> IntegerGraph:
+                        given: dict[str, tuple[float, int]] | None = None) -> IntegerGraph:
     """prepare -> [equalize] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale table is `given`) -> lower.
 
     `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
@@ -88,5 +107,6 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
             raise CalibrationError(f"{scheme.name}: bias correction needs calibration data")
         prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method), unrounded)
     stats = collect(prepared, calibration, options.range_method) if given is None else None
-    return lower(prepared, stats, scheme, options.range_method, options.weight_method,
-                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given)
+    given_params = {name: scheme.params(scale, zp) for name, (scale, zp) in given.items()} if given else None
+    return lower(prepared, scheme, range_source(scheme, options, stats),
+                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given_params)

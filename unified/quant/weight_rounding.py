@@ -34,7 +34,7 @@ from onnx import numpy_helper
 
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.layer_moments import input_moments
-from unified.graph.onnx_model import node_attributes
+from unified.graph.onnx_model import from_weight_rows, node_attributes, weight_rows
 from unified.terminal.progress import progress
 
 
@@ -51,21 +51,6 @@ class WeightGrid:
 
 #: (weight rows, node) -> the grid the backend will quantize those rows on
 GridOf = Callable[[np.ndarray, onnx.NodeProto], WeightGrid]
-
-
-def weight_rows(node: onnx.NodeProto, w: np.ndarray) -> np.ndarray:
-    """Weights as (output channels, inputs per output): the layout quantizers and the loss use.
-    A Gemm without transB stores (in, out), so its output channels are columns."""
-    if node.op_type == "Gemm" and not node_attributes(node).get("transB", 0):
-        return w.T
-    return w.reshape(w.shape[0], -1)
-
-
-def from_weight_rows(node: onnx.NodeProto, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The inverse of `weight_rows`: back to the initializer's own shape."""
-    if node.op_type == "Gemm" and not node_attributes(node).get("transB", 0):
-        return rows.T.reshape(shape)
-    return rows.reshape(shape)
 
 
 def supported(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:

@@ -30,7 +30,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from unified.quant.bias_correction import correct_biases
 from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import BackendError
-from unified.graph.onnx_model import graph_inputs
+from unified.graph.onnx_model import graph_inputs, output_channel_axis
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -78,7 +78,7 @@ def cpu_has_vnni() -> bool:
 def fake_quantize_symmetric_int8(w: np.ndarray, node: onnx.NodeProto, qmax: int = 127) -> np.ndarray:
     """ORT's per-channel weight quantization: symmetric int8 in [-qmax, qmax] (127, or 64 with
     reduce_range), round half to even."""
-    axis = 1 if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else 0
+    axis = output_channel_axis(node)
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
     absmax = np.abs(w.astype(np.float64)).max(axis=reduce_axes, keepdims=True)
     scale = np.where(absmax > 0, absmax / qmax, 1.0)

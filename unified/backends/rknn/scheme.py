@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from unified.core.rounding import RoundingPolicy
-from unified.engine.scheme import Scheme, TensorQ
+from unified.core.quant_params import QuantParams
+from unified.engine.scheme import Scheme
 
 
 def _asym_int8(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,14 +36,14 @@ class RknnScheme(Scheme):
         self.per_channel_weights = quantized_method == "channel"
         self.quantized_method = quantized_method
 
-    def activation_params(self, lo: float, hi: float) -> TensorQ:
+    def activation_params(self, lo: float, hi: float) -> QuantParams:
         scale, zp = _asym_int8(np.array([lo]), np.array([hi]))
-        return TensorQ(float(scale[0]), int(zp[0]))
+        return self.params(float(scale[0]), int(zp[0]))
 
     def weight_params(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _asym_int8(lo, hi)
 
-    def softmax_output(self) -> TensorQ:
+    def softmax_output(self) -> QuantParams:
         return self.activation_params(0.0, 1.0)
 
     def describe(self) -> dict:

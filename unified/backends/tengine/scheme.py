@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from unified.core.rounding import RoundingPolicy
-from unified.engine.scheme import Scheme, TensorQ
+from unified.core.quant_params import QuantParams
+from unified.engine.scheme import Scheme
 
 
 def printed_scale(scale: float) -> float:
@@ -36,6 +37,7 @@ class TengineScheme(Scheme):
     weight_dtype = "uint8"
     rounding = RoundingPolicy.TIES_AWAY
     per_channel_weights = False
+    zero_point_inside_round = True
 
     def __init__(self, symmetric: bool = False) -> None:
         self.symmetric = symmetric
@@ -51,9 +53,9 @@ class TengineScheme(Scheme):
         scale = np.where(scale > 0, scale, 1.0)
         return scale, np.clip(np.trunc(-lo / scale), 0, 255).astype(np.int64)
 
-    def activation_params(self, lo: float, hi: float) -> TensorQ:
+    def activation_params(self, lo: float, hi: float) -> QuantParams:
         scale, zp = self._params(np.array([lo]), np.array([hi]), self.symmetric)
-        return TensorQ(printed_scale(float(scale[0])), int(zp[0]))  # the table's printed value
+        return self.params(printed_scale(float(scale[0])), int(zp[0]))  # the table's printed value
 
     def weight_params(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # weights are never symmetric in quant_tool_uint8, whatever the activation algorithm
@@ -64,8 +66,8 @@ class TengineScheme(Scheme):
         q = self.rounding.round(w.astype(np.float64) / scale.reshape(shape) + zero_point.reshape(shape))
         return np.clip(q, 0, 255).astype(np.int64)
 
-    def softmax_output(self) -> TensorQ:
-        return TensorQ(1.0 / 255.0, 0)
+    def softmax_output(self) -> QuantParams:
+        return self.params(1.0 / 255.0, 0)
 
     def describe(self) -> dict:
-        return dict(super().describe(), symmetric=self.symmetric, zero_point_inside_round=True)
+        return dict(super().describe(), symmetric=self.symmetric)

@@ -1,0 +1,57 @@
+"""Non-linear activations as 256-entry lookup tables, and the integer Softmax.
+
+Sigmoid, Tanh, HardSigmoid, HardSwish and LeakyRelu map each of the 256 input levels through the
+float function once, at build time, as NPUs do; outputs with a fixed range (Sigmoid [0, 1], Tanh
+[-1, 1]) take it instead of calibration. Softmax (only as the graph's last op) uses an exp table
+with 20 fractional bits and the scheme's fixed output parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from unified.core.errors import UnsupportedOperatorError
+from unified.engine.lowering.context import LoweringContext, node_key
+from unified.engine.lowering.registry import lowers
+from unified.graph.onnx_model import node_attributes
+
+LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
+    "Tanh": lambda x, a: np.tanh(x),
+    "HardSigmoid": lambda x, a: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
+    "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    "LeakyRelu": lambda x, a: np.where(x >= 0, x, a.get("alpha", 0.01) * x),
+}
+FIXED_RANGES = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
+EXP_FRACTION_BITS = 20
+
+
+@lowers(*LUT_FUNCTIONS)
+def lower_lookup_table(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    tx = ctx.q(x)
+    fixed = FIXED_RANGES.get(node.op_type)
+    given = node.output[0] in ctx.given or ctx.ranges.activation is None
+    to = ctx.params_from_range(*fixed) if fixed and not given else ctx.calibrated(node.output[0])
+    levels = np.arange(ctx.scheme.qmin, ctx.scheme.qmax + 1)
+    y = LUT_FUNCTIONS[node.op_type]((levels - tx.zero_point) * tx.scale, node_attributes(node))
+    table = np.clip(ctx.scheme.rounding.round(y / to.scale) + to.zero_point, ctx.scheme.qmin, ctx.scheme.qmax)
+    ctx.emit("lut", node, [x], [node.output[0]], node.op_type,
+             {"offset": -ctx.scheme.qmin, "onnx_attrs": node_attributes(node)}, {"table": table.astype(np.int64)}, to)
+
+
+@lowers("Softmax")
+def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if node.output[0] not in ctx.outputs:
+        raise UnsupportedOperatorError(f"Softmax node {node_key(node)!r}: only a final Softmax is supported")
+    x = node.input[0]
+    tx = ctx.q(x)
+    to = ctx.given.get(node.output[0], ctx.scheme.softmax_output())
+    d = np.arange(ctx.scheme.qmax - ctx.scheme.qmin + 1)
+    exp_table = np.round(np.exp(-d * tx.scale) * (1 << EXP_FRACTION_BITS)).astype(np.int64)
+    inv_out = int(round((1 << 16) / to.scale))
+    ctx.emit("softmax", node, [x], [node.output[0]], "Softmax",
+             {"axis": node_attributes(node).get("axis", -1), "zo": to.zero_point, "inv_out_q16": inv_out},
+             {"exp_table": exp_table}, to)

@@ -1,0 +1,66 @@
+"""Conv, Gemm and MatMul with constant weights: integer GEMMs with int32 bias and fused clamps.
+
+acc = sum((x - zx) * (w - zw)) + bias at scale s_in * s_w, requantized to the output with one
+fixed-point multiplier per output channel. A following Relu/Clip is fused as clamp bounds.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from unified.core.errors import UnsupportedOperatorError
+from unified.engine.lowering.context import LoweringContext, multiplier, node_key
+from unified.engine.lowering.registry import lowers
+from unified.graph.onnx_model import gemm_weight_rows, node_attributes
+
+
+@lowers("Conv", "Gemm", "MatMul")
+def lower_weighted(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if len(node.input) < 2 or node.input[1] not in ctx.inits:
+        raise UnsupportedOperatorError(f"{node.op_type} node {node_key(node)!r}: weights must be constant")
+    x = node.input[0]
+    tx = ctx.q(x)
+    a = node_attributes(node)
+    w = ctx.inits[node.input[1]].astype(np.float64)
+    bias = ctx.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else None
+    if node.op_type == "Gemm":
+        if a.get("transA", 0):
+            raise UnsupportedOperatorError(f"Gemm node {node_key(node)!r}: transA=1 is not supported")
+        w = gemm_weight_rows(node, w) * a.get("alpha", 1.0)
+        if bias is not None:
+            bias = bias * a.get("beta", 1.0)
+    elif node.op_type == "MatMul":
+        w = gemm_weight_rows(node, w)
+    act = ctx.fusable_activation(node)
+    out_name = act.output[0] if act is not None else node.output[0]
+    bounds = ctx.clip_bounds(act)
+    to = ctx.output_params(out_name, bounds)
+    wq, sw, zw = ctx.quantized_weights(w, bias, tx.scale)
+    w_shifted = (wq - zw.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.int16)
+    bias_scale = ctx.scheme.bias_scale(tx.scale, sw)
+    bq = np.zeros(w.shape[0], np.int64) if bias is None else np.clip(
+        ctx.scheme.rounding.round(bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int64)
+    mult, shift = multiplier(bias_scale / to.scale)
+    qlo, qhi = ctx.clamp_q(to, bounds)
+    xmax = max(ctx.scheme.qmax - tx.zero_point, tx.zero_point - ctx.scheme.qmin)
+    acc_bound = np.abs(w_shifted.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1) * xmax + np.abs(bq)
+    attrs: dict[str, Any] = {"zx": tx.zero_point, "zo": to.zero_point, "act_min": qlo, "act_max": qhi,
+                             "exact": ctx.exact_dtype(w_shifted, tx.zero_point),
+                             # every |acc| * m < 2^53: float64 computes the requantization exactly
+                             "requant_f64": bool(np.all(acc_bound.astype(np.float64) * mult < 2.0**53)),
+                             "preact": node.output[0]}
+    if node.op_type == "Conv":
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+            raise UnsupportedOperatorError(f"Conv node {node_key(node)!r}: auto_pad={a['auto_pad']} is not supported")
+        attrs.update(strides=a.get("strides", [1, 1]), pads=a.get("pads", [0, 0, 0, 0]),
+                     dilations=a.get("dilations", [1, 1]), group=a.get("group", 1), kernel=list(w.shape[2:]))
+        op = "conv"
+    else:
+        op = "gemm"
+    source = node.op_type + (f"+{act.op_type}" if act is not None else "")
+    arrays = {"w": w_shifted, "bias": bq, "mult": mult, "shift": shift,
+              "w_zero_point": zw.astype(np.int64), "w_scale": sw.astype(np.float64)}
+    ctx.emit(op, node, [x], [out_name], source, attrs, arrays, to)
+    ctx.fuse(act)
