@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import unified
-from unified import conformance
+from unified.consistency import checks as conformance
 from unified.core import plugins
 
 BUILTINS = ["ort", "rknn", "tengine"]

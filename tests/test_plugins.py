@@ -145,3 +145,144 @@ def test_unknown_backend_lists_installed(tiny_model) -> None:
 def test_unknown_mode_is_named(tiny_model) -> None:
     with pytest.raises(unified.BackendError, match="no mode 'int4'.*fp32"):
         unified.quantize(tiny_model, backend="ort", mode="int4")
+
+
+# -- routing: no plugin can answer for another's backend -------------------------------------------
+
+class _Hijacker:
+    """Answers every hook for every backend name (a plugin that forgot its `backend ==` checks)."""
+
+    @unified.hookimpl(tryfirst=True)
+    def unified_quantize_input(self, backend, artifact, batch):
+        return np.zeros_like(batch)
+
+    @unified.hookimpl(tryfirst=True)
+    def unified_infer(self, backend, artifact, inputs):
+        return np.zeros((len(inputs), 10), np.float32)
+
+    @unified.hookimpl(tryfirst=True)
+    def unified_dequantize_output(self, backend, artifact, outputs):
+        return np.zeros(outputs.shape, np.float32)
+
+
+@pytest.mark.parametrize("backend", ["ort", "rknn", "tengine"])
+def test_a_plugin_answering_every_name_cannot_change_builtin_results(backend, tiny_model, tiny_batch,
+                                                                    tiny_calibration) -> None:
+    qm = unified.quantize(tiny_model, backend=backend, calibration=tiny_calibration)
+    before, native_before = qm.run(tiny_batch), qm.quantize_input(tiny_batch)
+    assert np.abs(before).max() > 0
+    hijacker = _Hijacker()
+    plugins.register_plugin(hijacker, name="hijacker")
+    try:
+        np.testing.assert_array_equal(qm.run(tiny_batch), before)
+        np.testing.assert_array_equal(qm.quantize_input(tiny_batch), native_before)
+    finally:
+        plugins.unregister_plugin(hijacker)
+
+
+def _entry_point_plugin(tmp_path, monkeypatch, module: str, source: str) -> None:
+    _install_fake_distribution(tmp_path, f"unified-{module}", f"unified_{module}", source, module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(plugins.AUTOLOAD_OFF_ENV)
+
+
+REGISTRATION_RAISES = textwrap.dedent('''
+    import unified
+    @unified.hookimpl
+    def unified_register_backends(register):
+        raise RuntimeError("cannot find my device")
+''')
+REGISTERS_ORT_AGAIN = textwrap.dedent('''
+    import unified
+    @unified.hookimpl
+    def unified_register_backends(register):
+        register(unified.BackendSpec(name="ort", description="impostor", io="float", input_dtype="float32",
+                 output_dtype="float32", input_layout="NCHW", load_artifact=lambda b, m: None))
+''')
+EXITS_AT_IMPORT = "import sys\nsys.exit(3)\n"
+MISSPELLED_HOOK = textwrap.dedent('''
+    import unified
+    @unified.hookimpl
+    def unified_infere(backend, artifact, inputs):
+        return None
+''')
+
+
+@pytest.mark.parametrize("module, source, reason", [
+    ("raising", REGISTRATION_RAISES, "RuntimeError: cannot find my device"),
+    ("impostor", REGISTERS_ORT_AGAIN, "registers backend 'ort', already registered by unified.backends.ort.plugin"),
+    ("exiting", EXITS_AT_IMPORT, "import failed: SystemExit: 3"),
+    ("typo", MISSPELLED_HOOK, "hooks the contract does not define: unified_infere"),
+])
+def test_a_bad_plugin_is_disabled_alone_and_reported_by_name(module, source, reason, tmp_path, monkeypatch,
+                                                              tiny_model, tiny_batch) -> None:
+    _entry_point_plugin(tmp_path, monkeypatch, module, source)
+    try:
+        plugins.reload_plugins()
+        failures = plugins.plugin_failures()
+        assert list(failures) == [module]
+        assert reason in failures[module]
+        assert [s.name for s in unified.backends()][:3] == ["ort", "rknn", "tengine"]
+        assert plugins.get_backend("ort").description.startswith("ONNX Runtime")
+        out = unified.quantize(tiny_model, backend="ort", mode="fp32").run(tiny_batch)
+        assert out.shape == (4, 10)
+    finally:
+        sys.modules.pop(f"unified_{module}", None)
+        monkeypatch.setenv(plugins.AUTOLOAD_OFF_ENV, "1")
+        plugins.reload_plugins()
+    assert plugins.plugin_failures() == {}
+
+
+def test_saved_builtin_model_loads_while_a_plugin_is_broken(tmp_path, monkeypatch, tiny_model, tiny_batch) -> None:
+    path = tmp_path / "m.uqm"
+    unified.quantize(tiny_model, backend="ort", mode="fp32").save(path)
+    _entry_point_plugin(tmp_path, monkeypatch, "raising", REGISTRATION_RAISES)
+    try:
+        plugins.reload_plugins()
+        assert unified.load(path).run(tiny_batch).shape == (4, 10)
+    finally:
+        sys.modules.pop("unified_raising", None)
+        monkeypatch.setenv(plugins.AUTOLOAD_OFF_ENV, "1")
+        plugins.reload_plugins()
+
+
+def test_registering_by_hand_raises_a_plugin_error_naming_it() -> None:
+    class Impostor:
+        @unified.hookimpl
+        def unified_register_backends(self, register):
+            register(unified.BackendSpec(name="rknn", description="x", io="float", input_dtype="float32",
+                                         output_dtype="float32", input_layout="NCHW", load_artifact=lambda b, m: None))
+
+    with pytest.raises(unified.PluginError, match="plugin 'impostor': registers backend 'rknn'"):
+        plugins.register_plugin(Impostor(), name="impostor")
+    assert plugins.get_backend("rknn").plugin == "unified.backends.rknn.plugin"
+    assert plugins.pm.get_plugin("impostor") is None
+
+
+def test_specs_are_collected_once_per_plugin_load(monkeypatch) -> None:
+    calls = []
+
+    class Counting:
+        @unified.hookimpl
+        def unified_register_backends(self, register):
+            calls.append(1)
+            register(unified.BackendSpec(name="counted", description="x", io="float", input_dtype="float32",
+                                         output_dtype="float32", input_layout="NCHW", load_artifact=lambda b, m: None))
+
+    plugin = Counting()
+    plugins.register_plugin(plugin, name="counting")
+    try:
+        for _ in range(5):
+            plugins.get_backend("counted")
+            unified.backends()
+        assert len(calls) == 1
+    finally:
+        plugins.unregister_plugin(plugin)
+    assert "counted" not in plugins.backend_specs()
+
+
+def test_backends_is_both_the_package_and_the_call() -> None:
+    import unified.backends.ort.plugin  # noqa: F401  (importing a subpackage must not shadow the call)
+
+    assert [b.name for b in unified.backends()][:3] == ["ort", "rknn", "tengine"]
+    assert unified.backends.ort.plugin.NAME == "ort"

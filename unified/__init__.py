@@ -11,11 +11,8 @@ under the entry-point group "unified" in your package's pyproject.toml:
     [project.entry-points.unified]
     mybackend = "mypackage.plugin"
 """
-# The subpackage `unified.backends` is imported first on purpose: Python binds a subpackage as an
-# attribute of its parent when it is first imported, which would otherwise replace the function
-# `unified.backends()` the moment a built-in backend loads.
-import unified.backends as _builtin_backends_package  # noqa: F401
-from unified.core.api import backends, infer, load, quantize
+from unified import backends  # the package of built-in backends; calling it lists every installed backend
+from unified.core.api import infer, load, quantize
 from unified.core.backend_spec import BackendSpec
 from unified.consistency.compare import CompareReport, compare
 from unified.inputs.calibration import CalibrationSet
@@ -26,6 +23,7 @@ from unified.core.errors import (
     ImageError,
     InputError,
     ModelError,
+    PluginError,
     SavedModelError,
     ScaleFileError,
     UnifiedError,
@@ -41,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError", "BackendNotFoundError", "BackendSpec", "CalibrationError", "CalibrationSet",
-    "ImageError", "InferenceResult", "InputError", "ModelError", "Preprocess", "QuantParams",
+    "ImageError", "InferenceResult", "InputError", "ModelError", "PluginError", "Preprocess", "QuantParams",
     "QuantizedModel", "SavedModelError", "ScaleFileError", "UnifiedError", "UnsupportedOperatorError",
     "CompareReport", "backends", "compare", "hookimpl", "infer", "load", "quantize",
 ]

@@ -38,13 +38,12 @@ def _quantize(backend: str, cm: ConformanceModel):
 
 def check_hook_contract(backend: str, cm: ConformanceModel) -> None:
     """All four hooks answer for `backend`, and `run` equals the three steps done by hand."""
-    hook = plugins.ensure_loaded().hook
     qm = _quantize(backend, cm)
-    native_in = hook.unified_quantize_input(backend=backend, artifact=qm.artifact, batch=cm.batch)
+    native_in = plugins.call_optional(backend, "unified_quantize_input", artifact=qm.artifact, batch=cm.batch)
     assert native_in is not None, f"{backend}: unified_quantize_input did not answer"
-    native_out = hook.unified_infer(backend=backend, artifact=qm.artifact, inputs=native_in)
+    native_out = plugins.call_optional(backend, "unified_infer", artifact=qm.artifact, inputs=native_in)
     assert native_out is not None, f"{backend}: unified_infer did not answer"
-    logits = hook.unified_dequantize_output(backend=backend, artifact=qm.artifact, outputs=native_out)
+    logits = plugins.call_optional(backend, "unified_dequantize_output", artifact=qm.artifact, outputs=native_out)
     assert logits is not None, f"{backend}: unified_dequantize_output did not answer"
     np.testing.assert_array_equal(np.asarray(logits, np.float32), qm.run(cm.batch),
                                   err_msg=f"{backend}: run() differs from its three hooks called by hand")

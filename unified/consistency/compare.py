@@ -202,7 +202,6 @@ def compare(model: Any = None, images: Any = None, backends: Sequence[Any] = ("o
     ref_top5 = np.argsort(-ref, axis=1)[:, :5]
     k = min(layer_images, len(x))
     reference = _reference_tensors(source.proto, x[:k]) if k else None
-    hook = plugins.ensure_loaded().hook
     results = []
     for label, name, options in entries:
         qm = quantize(model_arg, backend=name, calibration=calibration, preprocess=preprocess, **options)
@@ -214,7 +213,7 @@ def compare(model: Any = None, images: Any = None, backends: Sequence[Any] = ("o
                                  float(overlap), float(cos.mean()), float(cos.min()), float(np.abs(out - ref).max()), seconds)
         if reference is not None:
             tensors, order = reference
-            layered = hook.unified_layer_outputs(backend=name, artifact=qm.artifact,
+            layered = plugins.call_optional(name, "unified_layer_outputs", artifact=qm.artifact,
                                                  inputs=qm.quantize_input(x[:k]), reference=tensors)
             if layered:
                 for tensor in order:

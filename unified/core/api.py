@@ -98,12 +98,8 @@ def quantize(
         else:
             cal = make_calibration_set(calibration, source.preprocess)
         _check_calibration_shape(cal, source.proto)
-    artifact = plugins.ensure_loaded().hook.unified_quantize(
-        backend=backend, model=source.proto, calibration=cal, options=dict(options, mode=mode),
-        preprocess=source.preprocess,
-    )
-    if artifact is None:
-        raise BackendError(f"backend {backend!r} is registered but no plugin answered quantize")
+    artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
+                            options=dict(options, mode=mode), preprocess=source.preprocess)
     qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options)
     if cached_at is not None:
         qm.save(cached_at)

@@ -38,6 +38,10 @@ class BackendError(UnifiedError):
     """A backend was asked for something it does not offer (an unknown mode or option)."""
 
 
+class PluginError(UnifiedError):
+    """A plugin could not be admitted (bad hooks, failing registration, a taken backend name)."""
+
+
 class SavedModelError(UnifiedError):
     """A saved quantized model is missing, truncated, tampered with or from an unknown backend."""
 

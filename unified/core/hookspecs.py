@@ -1,12 +1,17 @@
 """The hook contract every backend implements, built-in or third-party (pluggy project "unified").
 
 A backend is a plugin module (or object) with `@unified.hookimpl` functions. It declares itself in
-`unified_register_backends`, then answers the four operations for its own name and returns None for
-any other name; every operation hook is `firstresult`, so exactly one backend answers.
+`unified_register_backends`; unified then routes every per-backend call for that name to that
+plugin alone (plus hook wrappers, which observe every backend), so a plugin can never answer for
+another's name. Per-backend hooks are `firstresult`: the owner's first non-None answer is the result.
 
 The path of one batch through a quantized model is always
-``quantize_input -> infer -> dequantize_output``; ORT-like backends make the first and last the
-identity, NPU-like backends quantize and dequantize with the I/O tensors' scale and zero point.
+``quantize_input -> infer -> dequantize_output`` (see `QuantizedModel.run`); ORT-like backends
+make the first and last the identity, NPU-like backends quantize and dequantize with the I/O
+tensors' scale and zero point.
+
+Observers (profilers, the consistency harness) implement any hook with
+``@unified.hookimpl(wrapper=True)`` and ``out = yield``; they see the calls of every backend.
 """
 from __future__ import annotations
 
@@ -27,10 +32,22 @@ hookspec = pluggy.HookspecMarker("unified")
 hookimpl = pluggy.HookimplMarker("unified")
 
 
+# -- registration ------------------------------------------------------------------------------
+
 @hookspec
 def unified_register_backends(register: Callable[[BackendSpec], None]) -> None:
-    """Declare backends: call ``register(BackendSpec(...))`` once per backend this plugin offers."""
+    """Declare the backends this plugin offers.
 
+    :param register: call ``register(unified.BackendSpec(...))`` once per backend.
+    :return: nothing.
+
+    Called once per plugin, when unified admits it (built-ins first, then entry-point plugins, then
+    plugins registered by hand). A name already registered, or an exception raised here, disables
+    this plugin only; it is listed in ``unified backends`` with the reason.
+    """
+
+
+# -- quantizing a model ------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
 def unified_quantize(
@@ -40,32 +57,63 @@ def unified_quantize(
     options: Mapping[str, Any],
     preprocess: Preprocess,
 ) -> QuantizedArtifact | None:
-    """Quantize a checked float ONNX `model` for `backend`; return None if `backend` is not yours.
+    """Quantize a checked float ONNX model for `backend`.
 
-    `preprocess` says how images become the model's input (mean/std in pixel units), which NPU
-    backends need to fold normalization into the model's integer input.
-    `calibration` yields float NCHW tensors in the model's own input space (already preprocessed);
-    it is None only when the backend's `BackendSpec.needs_calibration(options)` said so.
-    `options` are the backend-specific keyword arguments the user passed to `unified.quantize`.
+    :param backend: the name of one of your registered backends.
+    :param model: the float model, already loaded and checked by `onnx.checker`.
+    :param calibration: float tensors in the model's own input space (already preprocessed); None
+        only when your `BackendSpec.needs_calibration(mode, options)` said it needs none.
+    :param options: the keyword arguments the user passed to `unified.quantize`, plus ``mode``.
+        Reject unknown names (`reject_unknown_options`), so a typo fails loudly.
+    :param preprocess: how images become the model's input (mean/std in pixel units), for NPU
+        backends that fold normalization into their integer input.
+    :return: your artifact (see `QuantizedArtifact`): it is saved, loaded and passed back to you.
+
+    Called by `unified.quantize` (and `infer`/`compare`, which quantize first), once per build.
+    """
+
+
+# -- running a batch: quantize_input -> infer -> dequantize_output -----------------------------
+
+@hookspec(firstresult=True)
+def unified_quantize_input(backend: str, artifact: QuantizedArtifact, batch: np.ndarray) -> np.ndarray | None:
+    """Turn a float input batch into the backend's native input tensor.
+
+    :param artifact: what your `unified_quantize` returned (or your `load_artifact` restored).
+    :param batch: float32, NCHW, in the model's input space (after preprocessing).
+    :return: the native input: the same floats for float backends, or integers quantized with the
+        input tensor's scale and zero point, in your declared layout, for integer backends.
+
+    Called by `QuantizedModel.run` and `.quantize_input`, once per batch, before `unified_infer`.
     """
 
 
 @hookspec(firstresult=True)
-def unified_quantize_input(backend: str, artifact: QuantizedArtifact, batch: np.ndarray) -> np.ndarray | None:
-    """Turn a float input batch (NCHW, model space) into the backend's native input tensor."""
-
-
-@hookspec(firstresult=True)
 def unified_infer(backend: str, artifact: QuantizedArtifact, inputs: np.ndarray) -> np.ndarray | None:
-    """Run the quantized model on native inputs and return its native (possibly integer) output."""
+    """Run the quantized model on native inputs.
+
+    :param inputs: a native input as `unified_quantize_input` makes it (experts may pass their own,
+        e.g. raw uint8 buffers, through `QuantizedModel.run_quantized`).
+    :return: the native output, possibly integer. Must not keep state between calls: one artifact
+        serves several threads.
+
+    Called by `QuantizedModel.run` and `.run_quantized`, once per batch. Wrappers of this hook
+    observe (and may time) every backend's inference.
+    """
 
 
 @hookspec(firstresult=True)
 def unified_dequantize_output(backend: str, artifact: QuantizedArtifact, outputs: np.ndarray) -> np.ndarray | None:
-    """Turn the backend's native output into float32 logits."""
+    """Turn the backend's native output into float32 values.
+
+    :param outputs: what `unified_infer` returned.
+    :return: float values, ``(q - zero_point) * scale`` for integer backends, identity otherwise.
+
+    Called by `QuantizedModel.run` and `.dequantize_output`, once per batch, after `unified_infer`.
+    """
 
 
-# -- optional: internals for per-layer analysis -------------------------------------------------
+# -- optional: internals for per-layer analysis ------------------------------------------------
 
 @hookspec(firstresult=True)
 def unified_layer_outputs(
@@ -73,7 +121,12 @@ def unified_layer_outputs(
 ) -> dict[str, dict[str, np.ndarray]] | None:
     """Optional: dequantized intermediate tensors, keyed by the prepared float model's tensor names.
 
-    Return ``{"entire": {name: float array}, "single": {name: float array}}``: "entire" from the
-    quantized run on `inputs` (errors accumulated along the graph), "single" from each layer fed
-    the quantized fp32 `reference` tensors (its own error only). Backends without internals skip it.
+    :param inputs: native inputs (from `unified_quantize_input`).
+    :param reference: fp32 tensors of the same images by name, or None.
+    :return: ``{"entire": {name: float array}, "single": {name: float array}}``: "entire" from the
+        quantized run on `inputs` (errors accumulated along the graph), "single" from each layer fed
+        the quantized fp32 `reference` tensors (its own error only). Return None (or do not
+        implement it) when your backend has no internals to show.
+
+    Called by `unified.compare` on a few images per backend, for the per-layer table and plot.
     """

@@ -14,7 +14,7 @@ import numpy as np
 from unified.core import plugins
 from unified.core.artifact import QuantizedArtifact
 from unified.core.backend_spec import BackendSpec
-from unified.core.errors import BackendError, InputError, SavedModelError
+from unified.core.errors import InputError, SavedModelError
 from unified.inputs.images import ImageLike
 from unified.inputs.preprocess import Preprocess, as_input_batch
 from unified.core.quant_params import QuantParams
@@ -57,20 +57,15 @@ class QuantizedModel:
 
     # -- running ----------------------------------------------------------------------------
     def quantize_input(self, batch: np.ndarray) -> np.ndarray:
-        hook = plugins.ensure_loaded().hook
-        return _answered(hook.unified_quantize_input(backend=self.backend, artifact=self.artifact, batch=batch),
-                         self.backend, "quantize_input")
+        """Float batch (model space) -> the backend's native input (identity for float backends)."""
+        return plugins.call(self.backend, "unified_quantize_input", artifact=self.artifact, batch=batch)
 
     def run_quantized(self, native_input: np.ndarray) -> np.ndarray:
         """Expert path: the backend's native input in, its native output out (no (de)quantization)."""
-        hook = plugins.ensure_loaded().hook
-        return _answered(hook.unified_infer(backend=self.backend, artifact=self.artifact, inputs=native_input),
-                         self.backend, "infer")
+        return plugins.call(self.backend, "unified_infer", artifact=self.artifact, inputs=native_input)
 
     def dequantize_output(self, native_output: np.ndarray) -> np.ndarray:
-        hook = plugins.ensure_loaded().hook
-        out = _answered(hook.unified_dequantize_output(backend=self.backend, artifact=self.artifact, outputs=native_output),
-                        self.backend, "dequantize_output")
+        out = plugins.call(self.backend, "unified_dequantize_output", artifact=self.artifact, outputs=native_output)
         return np.asarray(out, dtype=np.float32)
 
     def run(self, batch: np.ndarray | Sequence[ImageLike] | ImageLike) -> np.ndarray:
@@ -122,12 +117,6 @@ class QuantizedModel:
 
     def __repr__(self) -> str:
         return f"QuantizedModel(backend={self.backend!r}, mode={self.mode!r}, model={self.model_name!r})"
-
-
-def _answered(value: Any, backend: str, op: str) -> Any:
-    if value is None:
-        raise BackendError(f"no plugin answered {op} for backend {backend!r}")
-    return value
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
