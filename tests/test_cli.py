@@ -61,8 +61,16 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(monkeypatch) -> None:
     assert list(progress_module.progress(range(3), 3, "work")) == [0, 1, 2]
     assert err.getvalue() == ""
     monkeypatch.setenv("UNIFIED_PROGRESS", "1")
-    assert list(progress_module.progress(range(3), 3, "work")) == [0, 1, 2]
-    assert "work [" in err.getvalue() and "3/3" in err.getvalue()
+    with progress_module.scope("rknn"):
+        assert list(progress_module.progress(range(3), 3, "work")) == [0, 1, 2]
+    assert "rknn: work" in err.getvalue() and "3/3" in err.getvalue()
+
+
+def test_long_phases_log_one_line_when_not_drawing(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("UNIFIED_PROGRESS", "0")
+    with caplog.at_level("INFO", logger="unified"), progress_module.scope("tengine"):
+        assert list(progress_module.progress(range(49), 49, "weight rounding", "49 layers")) == list(range(49))
+    assert [r.getMessage() for r in caplog.records] == ["tengine: weight rounding 49 layers"]
 
 
 def test_ort_calibration_methods(tiny_model, tiny_calibration, tiny_batch) -> None:

@@ -19,8 +19,11 @@ def test_chelsea_is_a_cat_in_fp32_and_static_int8(lite0) -> None:
     int8 = unified.infer("efficientnet_lite0", bundled_photo_path(), backend="ort", mode="static")
     print("fp32:", fp32.top5)
     print("int8:", int8.top5)
-    assert fp32.top1 in CAT_CLASSES
-    assert int8.top1 == fp32.top1
+    # fp32 puts 285 (Egyptian cat) and 282 (tiger cat) within 1% of each other; int8 can tie them
+    # exactly on some CPUs, and then argmax takes either. Assert what holds on every CPU.
+    assert fp32.top1 in CAT_CLASSES and int8.top1 in CAT_CLASSES
+    assert fp32.top1 in [c for c, _, _ in int8.top5[:2]]
+    assert {c for c, _, _ in fp32.top5[:2]} == {c for c, _, _ in int8.top5[:2]}
     assert [p for _, _, p in fp32.top5] != [p for _, _, p in int8.top5]
 
 

@@ -11,11 +11,12 @@ under the entry-point group "unified" in your package's pyproject.toml:
     [project.entry-points.unified]
     mybackend = "mypackage.plugin"
 """
-from unified import backends  # the package of built-in backends; calling it lists every installed backend
+from unified import (
+    backends,  # the package of built-in backends; calling it lists every installed backend
+)
+from unified.consistency.compare import CompareReport, compare
 from unified.core.api import infer, load, quantize
 from unified.core.backend_spec import BackendSpec
-from unified.consistency.compare import CompareReport, compare
-from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import (
     BackendError,
     BackendNotFoundError,
@@ -30,10 +31,11 @@ from unified.core.errors import (
     UnsupportedOperatorError,
 )
 from unified.core.hookspecs import hookimpl
-from unified.inputs.preprocess import Preprocess
 from unified.core.quant_params import QuantParams
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult
+from unified.inputs.calibration import CalibrationSet
+from unified.inputs.preprocess import Preprocess
 
 __version__ = "0.1.0"
 

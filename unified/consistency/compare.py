@@ -147,7 +147,7 @@ def _sqnr(ref: np.ndarray, q: np.ndarray) -> float:
 def _run(qm, x: np.ndarray, batch: int, label: str) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
     starts = range(0, len(x), batch)
-    out = np.concatenate([qm.run(x[s:s + batch]) for s in progress(starts, len(starts), f"{label:>12s}")])
+    out = np.concatenate([qm.run(x[s:s + batch]) for s in progress(starts, len(starts), f"{label:>12s}", f"{len(x)} images")])
     return out, time.perf_counter() - t
 
 
@@ -169,8 +169,8 @@ def _backend_entries(backends: Iterable[Any]) -> list[tuple[str, str, dict[str, 
 def _reference_tensors(model, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]] | None:
     try:
         from unified.graph.float_stats import float_session, with_outputs
-        from unified.graph.prepare import prepare
         from unified.graph.onnx_model import graph_inputs
+        from unified.graph.prepare import prepare
 
         prepared = prepare(model)
         names = [o for n in prepared.graph.node for o in n.output if o]

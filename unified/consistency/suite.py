@@ -18,28 +18,19 @@ def test_backend_is_installed(unified_backend: str) -> None:
     assert unified_backend in names, f"backend {unified_backend!r} is not installed; installed: {names}"
 
 
-def test_hook_contract(unified_backend: str, cm) -> None:
-    checks.check_hook_contract(unified_backend, cm)
+CHECKS = {
+    "hook contract": checks.check_hook_contract,
+    "io contract": checks.check_io_contract,
+    "quantize_input round trip": checks.check_quantize_roundtrip,
+    "determinism": checks.check_determinism,
+    "thread safety": checks.check_thread_safety,
+    "save/load round trip": checks.check_save_load,
+}
 
 
-def test_io_contract(unified_backend: str, cm) -> None:
-    checks.check_io_contract(unified_backend, cm)
-
-
-def test_quantize_input_round_trip(unified_backend: str, cm) -> None:
-    checks.check_quantize_roundtrip(unified_backend, cm)
-
-
-def test_determinism(unified_backend: str, cm) -> None:
-    checks.check_determinism(unified_backend, cm)
-
-
-def test_thread_safety(unified_backend: str, cm) -> None:
-    checks.check_thread_safety(unified_backend, cm)
-
-
-def test_save_load_round_trip(unified_backend: str, cm) -> None:
-    checks.check_save_load(unified_backend, cm)
+@pytest.mark.parametrize("check", list(CHECKS.values()), ids=list(CHECKS))
+def test_contract(unified_backend: str, cm, check) -> None:
+    check(unified_backend, cm)
 
 
 def test_consistency_with_fp32(unified_backend: str, request: pytest.FixtureRequest) -> None:

@@ -15,15 +15,20 @@ from typing import Any
 
 from unified.core import plugins
 from unified.core.backend_spec import BackendSpec
-from unified.inputs.calibration import CalibrationSet, default_calibration, make_calibration_set
 from unified.core.errors import BackendError, SavedModelError
-from unified.inputs.images import ImageLike
-from unified.graph.onnx_model import fingerprint
-from unified.inputs.model_source import resolve_model
 from unified.core.paths import cache_dir
-from unified.inputs.preprocess import Preprocess
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult
+from unified.graph.onnx_model import fingerprint
+from unified.inputs.calibration import (
+    CalibrationSet,
+    default_calibration,
+    make_calibration_set,
+)
+from unified.inputs.images import ImageLike
+from unified.inputs.model_source import resolve_model
+from unified.inputs.preprocess import Preprocess
+from unified.terminal.progress import scope as progress_scope
 
 #: Bump when a change makes previously cached quantized models stale.
 QUANT_CACHE_VERSION = 1
@@ -98,8 +103,9 @@ def quantize(
         else:
             cal = make_calibration_set(calibration, source.preprocess)
         _check_calibration_shape(cal, source.proto)
-    artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
-                            options=dict(options, mode=mode), preprocess=source.preprocess)
+    with progress_scope(backend):
+        artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
+                                options=dict(options, mode=mode), preprocess=source.preprocess)
     qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options)
     if cached_at is not None:
         qm.save(cached_at)

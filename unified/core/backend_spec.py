@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from unified.core.artifact import QuantizedArtifact
 
@@ -41,6 +41,17 @@ class BackendSpec:
         if self.calibration_rule is not None:
             return self.calibration_rule(mode, options or {})
         return mode not in self.calibration_free_modes
+
+
+def option_choice(backend: str, options: Mapping[str, Any], key: str, allowed: Iterable[str], default: str) -> str:
+    """The value of option `key` (case-insensitive), which must be one of `allowed`."""
+    from unified.core.errors import BackendError
+
+    allowed = list(allowed)
+    value = str(options.get(key, default)).lower()
+    if value not in allowed:
+        raise BackendError(f"{backend}: {key}={value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def reject_unknown_options(backend: str, options: Mapping[str, Any], known: set[str]) -> None:

@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Iterator
 
 
+def existing_file(path: str | os.PathLike, kind: str, error: type[Exception]) -> Path:
+    """`path` as a Path if it is an existing file; else `error` saying it is missing or a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{kind} file not found: {p}")
+    if p.is_dir():
+        raise error(f"expected {'an' if kind[0] in 'aeiou.' else 'a'} {kind} file, got a directory: {p}")
+    return p
+
+
 def cache_dir() -> Path:
     """`$UNIFIED_CACHE_DIR`, else `$XDG_CACHE_HOME/unified`, else `~/.cache/unified`."""
     explicit = os.environ.get("UNIFIED_CACHE_DIR")

@@ -31,6 +31,18 @@ def integer_range(dtype: str) -> tuple[int, int]:
         raise ValueError(f"unsupported integer dtype {dtype!r}; known: {', '.join(INTEGER_RANGES)}") from None
 
 
+class IntegerBound:
+    """A `qmin`/`qmax` attribute read off the dtype another attribute names (one rule, every class)."""
+
+    def __init__(self, dtype_attribute: str, index: int) -> None:
+        self.dtype_attribute, self.index = dtype_attribute, index
+
+    def __get__(self, obj: object, owner: type | None = None) -> int:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return integer_range(getattr(obj, self.dtype_attribute))[self.index]
+
+
 @dataclass(frozen=True)
 class QuantParams:
     """Scale and zero point of one tensor, with its integer dtype, layout and rounding rule.
@@ -53,13 +65,8 @@ class QuantParams:
         integer_range(self.dtype)
         object.__setattr__(self, "rounding", RoundingPolicy(self.rounding))
 
-    @property
-    def qmin(self) -> int:
-        return integer_range(self.dtype)[0]
-
-    @property
-    def qmax(self) -> int:
-        return integer_range(self.dtype)[1]
+    qmin = IntegerBound("dtype", 0)
+    qmax = IntegerBound("dtype", 1)
 
     def _broadcast(self, values: float | int | tuple, ndim: int) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float64)

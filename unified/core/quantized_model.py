@@ -15,11 +15,11 @@ from unified.core import plugins
 from unified.core.artifact import QuantizedArtifact
 from unified.core.backend_spec import BackendSpec
 from unified.core.errors import InputError, SavedModelError
-from unified.inputs.images import ImageLike
-from unified.inputs.preprocess import Preprocess, as_input_batch
 from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
 from unified.core.saved_model import read_container, write_container
+from unified.inputs.images import ImageLike
+from unified.inputs.preprocess import Preprocess, as_input_batch
 
 
 class QuantizedModel:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from unified.core.errors import SavedModelError
-from unified.core.quant_params import QuantParams, integer_range
+from unified.core.quant_params import IntegerBound, QuantParams
 from unified.core.rounding import RoundingPolicy
 
 GRAPH_FORMAT = 1
@@ -45,13 +45,8 @@ class IntegerGraph:
     #: run-time only, never saved: exact fast accumulators by node name (see ort_accumulate)
     accelerators: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def qmin(self) -> int:
-        return integer_range(self.dtype)[0]
-
-    @property
-    def qmax(self) -> int:
-        return integer_range(self.dtype)[1]
+    qmin = IntegerBound("dtype", 0)
+    qmax = IntegerBound("dtype", 1)
 
     @property
     def input_q(self) -> QuantParams:

@@ -7,9 +7,10 @@ ties away from zero) gives each platform's exact integer model.
 from __future__ import annotations
 
 import abc
+
 import numpy as np
 
-from unified.core.quant_params import QuantParams, integer_range
+from unified.core.quant_params import IntegerBound, QuantParams
 from unified.core.rounding import RoundingPolicy
 
 
@@ -25,21 +26,10 @@ class Scheme(abc.ABC):
     #: True where the platform computes round(x / s + z) rather than round(x / s) + z (Tengine)
     zero_point_inside_round: bool = False
 
-    @property
-    def qmin(self) -> int:
-        return integer_range(self.activation_dtype)[0]
-
-    @property
-    def qmax(self) -> int:
-        return integer_range(self.activation_dtype)[1]
-
-    @property
-    def wmin(self) -> int:
-        return integer_range(self.weight_dtype)[0]
-
-    @property
-    def wmax(self) -> int:
-        return integer_range(self.weight_dtype)[1]
+    qmin = IntegerBound("activation_dtype", 0)
+    qmax = IntegerBound("activation_dtype", 1)
+    wmin = IntegerBound("weight_dtype", 0)
+    wmax = IntegerBound("weight_dtype", 1)
 
     def params(self, scale: float, zero_point: int) -> QuantParams:
         """An activation tensor's parameters under this scheme (dtype and rounding included)."""

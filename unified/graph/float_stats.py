@@ -13,9 +13,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from unified.inputs.calibration import CalibrationSet
 from unified.graph.onnx_model import graph_inputs
 from unified.graph.ort_session import make_session
+from unified.inputs.calibration import CalibrationSet
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

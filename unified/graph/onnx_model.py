@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,15 +10,12 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from unified.core.errors import ModelError
+from unified.core.paths import existing_file
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Load and check an .onnx file; every failure is a `ModelError` naming the file."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"model file not found: {p}")
-    if p.is_dir():
-        raise ModelError(f"expected an .onnx file, got a directory: {p}")
+    p = existing_file(path, "model", ModelError)
     try:
         model = onnx.load(str(p))
     except Exception as exc:  # protobuf DecodeError and friends

@@ -107,7 +107,7 @@ def make_calibration_set(source: Any, preprocess: Preprocess, limit: int | None 
     if not items:
         raise CalibrationError(f"calibration set is empty ({description})")
     tensors = []
-    for i, item in enumerate(progress(items, len(items), "calibration data")):
+    for i, item in enumerate(progress(items, len(items), "reading calibration data", f"{len(items)} images")):
         t = _to_tensor(item, preprocess, i)
         if not np.isfinite(t).all():
             bad = "NaN" if np.isnan(t).any() else "Inf"

@@ -7,24 +7,20 @@ shaped HxW, HxWx1, HxWx3 or HxWx4. Anything else is an `ImageError` naming the p
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unified.core.errors import ImageError
+from unified.core.paths import existing_file
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
 def open_image(source: str | os.PathLike) -> Image.Image:
     """Open an image file fully (so errors surface here, not later during resize)."""
-    path = Path(source)
-    if not path.exists():
-        raise ImageError(f"image file not found: {path}")
-    if path.is_dir():
-        raise ImageError(f"expected an image file, got a directory: {path}")
+    path = existing_file(source, "image", ImageError)
     try:
         with Image.open(path) as im:
             im.load()

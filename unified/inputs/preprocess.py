@@ -27,6 +27,13 @@ class Preprocess:
     mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
 
+    def with_normalization(self, mean: Any = None, std: Any = None) -> "Preprocess":
+        """A copy with mean and/or std replaced (pixel units; one value or one per channel, as
+        RKNN's `mean_values=[[127, 127, 127]]` or a plain 127); None keeps the current one."""
+        return Preprocess(self.resize, self.crop,
+                          self.mean if mean is None else per_channel(mean),
+                          self.std if std is None else per_channel(std))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -67,6 +74,16 @@ class Preprocess:
         if not tensors:
             raise ImageError("no images given")
         return np.concatenate(tensors, axis=0)
+
+
+def per_channel(value: Any) -> tuple[float, float, float]:
+    """127, [127], [127, 127, 127] or [[127, 127, 127]] -> (127.0, 127.0, 127.0)."""
+    flat = np.asarray(value, dtype=np.float64).reshape(-1).tolist()
+    if len(flat) == 1:
+        flat = flat * 3
+    if len(flat) != 3:
+        raise InputError(f"expected one value or one per RGB channel, got {value!r}")
+    return (flat[0], flat[1], flat[2])
 
 
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:

@@ -13,8 +13,8 @@ from typing import Callable
 import onnx
 
 from unified.core.errors import ModelError
-from unified.graph.onnx_model import check_model, constants_to_initializers, load_onnx
 from unified.core.paths import atomic_write, cache_dir
+from unified.graph.onnx_model import check_model, constants_to_initializers, load_onnx
 from unified.inputs.preprocess import Preprocess
 
 #: Bump when the export recipe changes, so stale cached exports are not reused.

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from unified.inputs.calibration import CalibrationSet
 from unified.graph.float_stats import channel_means
 from unified.graph.onnx_model import gemm_weight_rows, node_attributes
+from unified.inputs.calibration import CalibrationSet
 
 #: fake-quantizes one weight tensor as the backend will: (weight, node) -> dequantized weight
 WeightQuantizer = Callable[[np.ndarray, onnx.NodeProto], np.ndarray]

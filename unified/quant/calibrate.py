@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import CalibrationError
 from unified.graph.float_stats import run_tapped
-from unified.quant.ranges import ESTIMATORS, Histogram
 from unified.graph.onnx_model import graph_inputs
+from unified.inputs.calibration import CalibrationSet
+from unified.quant.ranges import ESTIMATORS, Histogram
 from unified.terminal.progress import progress
 
 
@@ -38,7 +38,8 @@ def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str) ->
     hi = {n: -np.inf for n in names}
     batch = 4
     steps = (len(calibration) + batch - 1) // batch
-    bar = progress(range(steps * (1 if method == "minmax" else 2)), steps * (1 if method == "minmax" else 2), "calibrating")
+    bar = progress(range(steps * (1 if method == "minmax" else 2)), steps * (1 if method == "minmax" else 2), "calibrating",
+                   f"{len(calibration)} images")
     ticker = iter(bar)
 
     def first_pass(values: dict[str, np.ndarray]) -> None:

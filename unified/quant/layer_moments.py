@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from unified.inputs.calibration import CalibrationSet
 from unified.graph.float_stats import run_tapped
 from unified.graph.onnx_model import node_attributes
+from unified.inputs.calibration import CalibrationSet
 from unified.terminal.progress import progress
 
 #: input patches sampled per image and layer: SAMPLES_PER_INPUT per patch element, at most MAX_POSITIONS
@@ -117,7 +117,8 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
             active[node.output[0]] = bounds
     tapped = sorted(set(by_input) | set(active))
     batch = 4  # the tapped run holds every layer input of a batch at once: 4 images keep that small
-    ticker = iter(progress(range(-(-len(calibration) // batch)), -(-len(calibration) // batch), "layer moments"))
+    ticker = iter(progress(range(-(-len(calibration) // batch)), -(-len(calibration) // batch), "layer moments",
+                           f"{len(calibration)} images"))
 
     def consume(values: dict[str, np.ndarray]) -> None:
         next(ticker, None)

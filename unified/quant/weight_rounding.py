@@ -32,9 +32,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from unified.graph.onnx_model import from_weight_rows, node_attributes, weight_rows
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.layer_moments import input_moments
-from unified.graph.onnx_model import from_weight_rows, node_attributes, weight_rows
 from unified.terminal.progress import progress
 
 
@@ -123,7 +123,7 @@ def round_weights(model: onnx.ModelProto, calibration: CalibrationSet, grid_of: 
     if not layers:
         return out
     moments = input_moments(model, layers, calibration, centered)
-    for node in progress(layers, len(layers), "weight rounding"):
+    for node in progress(layers, len(layers), "weight rounding", f"{len(layers)} layers"):
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         rows = weight_rows(node, w)
         grid = grid_of(rows, node)

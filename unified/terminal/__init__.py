@@ -1,0 +1,1 @@
+"""Terminal output: progress of long phases and tables, both drawn by rich."""

@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 
 from unified.core.backend_spec import BackendSpec
-from unified.inputs.calibration import CalibrationSet
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
 from unified.core.quant_params import QuantParams
+from unified.inputs.calibration import CalibrationSet
 
 NAME = "ort"
 MODES = ("fp32", "static", "dynamic")

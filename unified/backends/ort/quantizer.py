@@ -10,7 +10,6 @@ which is slower than fp32 here and loses accuracy.
 from __future__ import annotations
 
 import functools
-
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,10 +26,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from unified.quant.bias_correction import correct_biases
-from unified.inputs.calibration import CalibrationSet
-from unified.core.errors import BackendError
+from unified.core.backend_spec import option_choice
 from unified.graph.onnx_model import graph_inputs, output_channel_axis
+from unified.inputs.calibration import CalibrationSet
+from unified.quant.bias_correction import correct_biases
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -53,10 +52,7 @@ class _Reader(CalibrationDataReader):
 
 
 def _choice(options: dict[str, Any], key: str, table: dict[str, Any], default: str) -> Any:
-    value = str(options.get(key, default)).lower()
-    if value not in table:
-        raise BackendError(f"ort: {key}={value!r} is not one of {', '.join(table)}")
-    return table[value]
+    return table[option_choice("ort", options, key, table, default)]
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,15 +20,15 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from unified.core.backend_spec import BackendSpec, reject_unknown_options
-from unified.inputs.calibration import CalibrationSet
-from unified.core.errors import BackendError, InputError
-from unified.core.hookspecs import hookimpl
-from unified.engine.integer_artifact import IntegerArtifact
-from unified.quant.pipeline import BuildOptions, build_integer_graph
-from unified.engine.backend_hooks import IntegerBackendHooks
-from unified.inputs.preprocess import Preprocess
 from unified.backends.rknn.scheme import RknnScheme
+from unified.core.backend_spec import option_choice, reject_unknown_options
+from unified.core.errors import InputError
+from unified.core.hookspecs import hookimpl
+from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_spec
+from unified.engine.integer_artifact import IntegerArtifact
+from unified.inputs.calibration import CalibrationSet
+from unified.inputs.preprocess import Preprocess
+from unified.quant.pipeline import BuildOptions, build_integer_graph
 
 NAME = "rknn"
 ALGORITHMS = {
@@ -40,32 +40,12 @@ KNOWN_OPTIONS = {"mode", "quantized_algorithm", "quantized_method", "mean_values
                  "bias_correction", "float_fallback"}
 
 
-def _artifact_from_files(blobs: dict[str, bytes], meta: dict[str, Any]) -> IntegerArtifact:
-    return IntegerArtifact.from_files(blobs, meta)
-
-
 @hookimpl
 def unified_register_backends(register) -> None:
-    register(BackendSpec(
-        name=NAME,
-        description="RKNN-Toolkit2 w8a8 emulated: int8 asym, per-channel weights",
-        io="integer", input_dtype="int8", output_dtype="int8", input_layout="NHWC",
-        load_artifact=_artifact_from_files,
+    register(integer_backend_spec(
+        NAME, "RKNN-Toolkit2 w8a8 emulated: int8 asym, per-channel weights", "int8", "NHWC",
         thresholds={"top1_agreement": 0.9, "min_cosine": 0.95},  # measured: 95-96% top-1, min cos 0.993
     ))
-
-
-def _preprocess_with(options: Mapping[str, Any], preprocess: Preprocess) -> Preprocess:
-    mean, std = options.get("mean_values"), options.get("std_values")
-    if mean is None and std is None:
-        return preprocess
-    def triple(v: Any, default: tuple[float, ...]) -> tuple[float, float, float]:
-        if v is None:
-            return default  # type: ignore[return-value]
-        vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
-        vals = [x for sub in vals for x in (sub if isinstance(sub, list) else [sub])]
-        return tuple(vals * 3 if len(vals) == 1 else vals)  # type: ignore[return-value]
-    return Preprocess(preprocess.resize, preprocess.crop, triple(mean, preprocess.mean), triple(std, preprocess.std))
 
 
 @hookimpl
@@ -74,17 +54,13 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     if backend != NAME:
         return None
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)
-    algorithm = options.get("quantized_algorithm", "mmse")
-    if algorithm not in ALGORITHMS:
-        raise BackendError(f"rknn: quantized_algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    method = options.get("quantized_method", "channel")
-    if method not in ("channel", "layer"):
-        raise BackendError(f"rknn: quantized_method={method!r} must be 'channel' or 'layer'")
+    algorithm = option_choice(NAME, options, "quantized_algorithm", ALGORITHMS, "mmse")
+    method = option_choice(NAME, options, "quantized_method", ("channel", "layer"), "channel")
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
                          bias_correction=bool(options.get("bias_correction", True)),
                          float_fallback=tuple(options.get("float_fallback", ())))
-    pre = _preprocess_with(options, preprocess)
+    pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
     graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
     return IntegerArtifact(graph, "NHWC", {"mean": list(pre.mean), "std": list(pre.std),
                                            "quantized_algorithm": algorithm, "quantized_method": method})
@@ -107,7 +83,4 @@ def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.nd
 
 
 # Running the integer graph, dequantizing and per-layer tensors are the engine's, bound to our name.
-_engine = IntegerBackendHooks(NAME)
-unified_infer = _engine.unified_infer
-unified_dequantize_output = _engine.unified_dequantize_output
-unified_layer_outputs = _engine.unified_layer_outputs
+unified_infer, unified_dequantize_output, unified_layer_outputs = IntegerBackendHooks(NAME).hooks()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unified.core.rounding import RoundingPolicy
 from unified.core.quant_params import QuantParams
+from unified.core.rounding import RoundingPolicy
 from unified.engine.scheme import Scheme
 
 

@@ -23,15 +23,15 @@ import numpy as np
 import onnx
 
 from unified.backends.tengine.scheme import TengineScheme, format_scale
-from unified.core.backend_spec import BackendSpec, reject_unknown_options
-from unified.inputs.calibration import CalibrationSet
-from unified.core.errors import BackendError, InputError
+from unified.core.backend_spec import option_choice, reject_unknown_options
+from unified.core.errors import InputError
 from unified.core.hookspecs import hookimpl
+from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_spec
 from unified.engine.integer_artifact import IntegerArtifact
-from unified.quant.pipeline import BuildOptions, build_integer_graph
-from unified.engine.backend_hooks import IntegerBackendHooks
 from unified.engine.scale_table import read_scale_table, write_scale_table
+from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
+from unified.quant.pipeline import BuildOptions, build_integer_graph
 
 NAME = "tengine"
 ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}
@@ -48,26 +48,11 @@ def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
 
 @hookimpl
 def unified_register_backends(register) -> None:
-    register(BackendSpec(
-        name=NAME,
-        description="Tengine uint8 emulated: u8 asym per-tensor, truncated zero points",
-        io="integer", input_dtype="uint8", output_dtype="uint8", input_layout="NCHW",
-        load_artifact=IntegerArtifact.from_files, calibration_rule=_needs_calibration,
+    register(integer_backend_spec(
+        NAME, "Tengine uint8 emulated: u8 asym per-tensor, truncated zero points", "uint8", "NCHW",
+        calibration_rule=_needs_calibration,
         thresholds={"top1_agreement": 0.5, "min_cosine": 0.6},  # measured: 58-68% top-1, min cos 0.69
     ))
-
-
-def _preprocess_with(options: Mapping[str, Any], preprocess: Preprocess) -> Preprocess:
-    mean, scale = options.get("mean"), options.get("scale")
-    if mean is None and scale is None:
-        return preprocess
-
-    def triple(v: Any) -> tuple[float, float, float]:
-        vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
-        return tuple(vals * 3 if len(vals) == 1 else vals)  # type: ignore[return-value]
-
-    std = tuple(1.0 / s for s in triple(scale)) if scale is not None else preprocess.std
-    return Preprocess(preprocess.resize, preprocess.crop, triple(mean) if mean is not None else preprocess.mean, std)  # type: ignore[arg-type]
 
 
 @hookimpl
@@ -76,12 +61,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     if backend != NAME:
         return None
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)
-    algorithm = str(options.get("algorithm", "minmax")).lower()
-    if algorithm not in ALGORITHMS:
-        raise BackendError(f"tengine: algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    rounding = str(options.get("rounding", "adaptive")).lower()
-    if rounding not in ROUNDINGS:
-        raise BackendError(f"tengine: rounding={rounding!r} is not one of {', '.join(ROUNDINGS)}")
+    algorithm = option_choice(NAME, options, "algorithm", ALGORITHMS, "minmax")
+    rounding = option_choice(NAME, options, "rounding", ROUNDINGS, "adaptive")
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
     build = BuildOptions(range_method=ALGORITHMS[algorithm], weight_method="minmax",
@@ -89,7 +70,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          equalization=bool(options.get("equalization", False)),
                          adaptive_rounding=rounding == "adaptive",
                          float_fallback=tuple(options.get("float_fallback", ())))
-    pre = _preprocess_with(options, preprocess)
+    scale = options.get("scale")  # Tengine's -s multiplies: std is its inverse
+    pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     graph = build_integer_graph(model, calibration, TengineScheme(symmetric=algorithm == "aciq"), build, None, given)
     return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std),
@@ -114,7 +96,4 @@ def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.nd
 
 
 # Running the integer graph, dequantizing and per-layer tensors are the engine's, bound to our name.
-_engine = IntegerBackendHooks(NAME)
-unified_infer = _engine.unified_infer
-unified_dequantize_output = _engine.unified_dequantize_output
-unified_layer_outputs = _engine.unified_layer_outputs
+unified_infer, unified_dequantize_output, unified_layer_outputs = IntegerBackendHooks(NAME).hooks()

@@ -9,7 +9,14 @@ One table maps op type -> lowering (`registry.LOWERINGS`); each op family regist
 `linear` (Conv, Gemm, MatMul), `elementwise` (Add, Mul, Concat), `pooling`, `movement`
 (reshapes, slices, pads, standalone clamps), `activations` (lookup tables, Softmax), `fallback`.
 """
-from unified.engine.lowering import activations, elementwise, fallback, linear, movement, pooling  # noqa: F401  (register)
+from unified.engine.lowering import (  # noqa: F401  (register)
+    activations,
+    elementwise,
+    fallback,
+    linear,
+    movement,
+    pooling,
+)
 from unified.engine.lowering.context import RangeSource
 from unified.engine.lowering.walk import lower, supported_ops
 
