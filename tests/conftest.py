@@ -78,5 +78,6 @@ def calib_crops(lite0_preprocess) -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def lite0_fp32_logits(lite0, eval_batch) -> np.ndarray:
     import unified
+    from tests.helpers import run_chunked
 
-    return unified.quantize(lite0, backend="ort", mode="fp32").run(eval_batch)
+    return run_chunked(unified.quantize(lite0, backend="ort", mode="fp32"), eval_batch)

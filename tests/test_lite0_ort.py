@@ -7,6 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 import unified
+from tests.helpers import run_chunked
 from unified.backends.ort.quantizer import cpu_has_vnni
 from unified.inputs.sample_images import bundled_photo_path
 
@@ -29,7 +30,7 @@ def test_chelsea_is_a_cat_in_fp32_and_static_int8(lite0) -> None:
 
 def test_static_int8_keeps_fp32_decisions(lite0, eval_batch, calib_crops, lite0_fp32_logits) -> None:
     qm = unified.quantize(lite0, backend="ort", calibration=calib_crops)
-    agree = float((qm.run(eval_batch).argmax(1) == lite0_fp32_logits.argmax(1)).mean())
+    agree = float((run_chunked(qm, eval_batch).argmax(1) == lite0_fp32_logits.argmax(1)).mean())
     print(f"\nort static int8 (bias-corrected) keeps {agree:.1%} of fp32 top-1 on {len(eval_batch)} crops")
     # Measured: 91% on a CPU with VNNI; without VNNI, ORT's uint8 x int8 kernels saturate int16
     # pair sums (57.5% with 8-bit weights), so the backend turns on reduce_range: 84%.
@@ -58,6 +59,6 @@ def test_tf_normalization_is_more_confident_than_imagenet_stats(lite0, lite0_fp3
     crops = random_crops(200, seed=0)
     qm = unified.quantize(lite0, backend="ort", mode="fp32")
     conf_tf = softmax(lite0_fp32_logits).max(1).mean()
-    conf_in = softmax(qm.run(imagenet.batch(crops))).max(1).mean()
+    conf_in = softmax(run_chunked(qm, imagenet.batch(crops))).max(1).mean()
     print(f"\nmean top-1 probability: TF normalization {conf_tf:.3f}, ImageNet mean/std {conf_in:.3f}")
     assert conf_tf > conf_in

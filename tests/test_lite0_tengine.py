@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import unified
+from tests.helpers import run_chunked
 from tests.test_lite0_rknn import _check_fidelity
 from tests.torchvision_models import ARCHITECTURES, torchvision_onnx
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.lite0
 
 
 def _agree(qm, eval_batch, reference) -> float:
-    out = np.concatenate([qm.run(eval_batch[i:i + 25]) for i in range(0, len(eval_batch), 25)])
+    out = run_chunked(qm, eval_batch)
     return float((out.argmax(1) == reference.argmax(1)).mean())
 
 

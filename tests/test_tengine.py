@@ -7,9 +7,9 @@ import pytest
 import unified
 from unified.backends.tengine.plugin import write_scale_file
 from unified.backends.tengine.scheme import TengineScheme
-from unified.quant.equalization import equalize
 from unified.engine.fidelity import end_to_end, layer_agreement
 from unified.graph.prepare import prepare
+from unified.quant.equalization import equalize
 
 PRE16 = unified.Preprocess(resize=16, crop=16)
 

@@ -9,11 +9,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import unified
 from unified.backends.tengine.scheme import TengineScheme
-from unified.quant.bias_correction import correct_biases
-from unified.inputs.calibration import CalibrationSet
-from unified.quant.pipeline import fake_quantizer, weight_grid
 from unified.graph.prepare import prepare
+from unified.inputs.calibration import CalibrationSet
+from unified.quant.bias_correction import correct_biases
 from unified.quant.layer_moments import _patches, input_moments
+from unified.quant.pipeline import fake_quantizer, weight_grid
 from unified.quant.weight_rounding import WeightGrid, choose_rounding, round_weights
 
 PRE16 = unified.Preprocess(resize=16, crop=16)

@@ -32,7 +32,8 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
 
 def float_session(model: onnx.ModelProto) -> ort.InferenceSession:
     # Basic optimizations only: later levels fuse nodes and would drop the tensors we tap.
-    return make_session(model.SerializeToString(), optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    return make_session(model.SerializeToString(), optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                        memory_arena=False)
 
 
 def run_tapped(
