@@ -7,14 +7,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import unified
+from unified.backends.rknn.scheme import RknnScheme
+from unified.core.rounding import RoundingPolicy
 from unified.engine.fidelity import end_to_end, layer_agreement
 from unified.engine.fixed_point import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     requantize,
 )
-from unified.core.rounding import RoundingPolicy
-from unified.backends.rknn.scheme import RknnScheme
 
 PRE16 = unified.Preprocess(resize=16, crop=16)
 TIES = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])
@@ -201,19 +201,60 @@ def _model_with_op(op: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_unsupported_op_is_named(tiny_calibration) -> None:
-    with pytest.raises(unified.UnsupportedOperatorError, match=r"Erf \(node 'strange_node'\)"):
-        unified.quantize(_model_with_op("Erf"), backend="rknn", calibration=tiny_calibration[:2], preprocess=PRE16)
+def test_strict_refuses_an_unsupported_op_naming_it(tiny_calibration) -> None:
+    with pytest.raises(unified.UnsupportedOperatorError, match=r"Erf x1 \('strange_node': no integer kernel for Erf\)"):
+        unified.quantize(_model_with_op("Erf"), backend="rknn", calibration=tiny_calibration[:2], preprocess=PRE16,
+                         strict=True)
 
 
-def test_float_fallback_runs_the_op(tiny_calibration, tiny_batch) -> None:
+@pytest.mark.parametrize("backend", ["rknn", "tengine"])
+def test_an_unsupported_op_runs_in_float_on_its_own_and_is_recorded(backend, tiny_calibration, tiny_batch) -> None:
     model = _model_with_op("Erf")
     calibration = list(tiny_calibration) + [tiny_batch[i:i + 1] for i in range(4)]
-    qm = unified.quantize(model, backend="rknn", calibration=calibration, preprocess=PRE16,
-                          float_fallback=["Erf"], quantized_algorithm="normal")
+    qm = unified.quantize(model, backend=backend, calibration=calibration, preprocess=PRE16)
+    assert qm.float_nodes == {"strange_node": "no integer kernel for Erf"}
     assert [n.source for n in qm.artifact.graph.nodes if n.op == "float"] == ["Erf(float)"]
     ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
-    np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=3 * qm.output_quant.scale)
+    np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)
+
+
+def test_float_fallback_option_forces_a_supported_op_to_float(tiny_calibration, tiny_batch) -> None:
+    model = _model_with_op("Relu")
+    qm = unified.quantize(model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16,
+                          float_fallback=["Relu"], quantized_algorithm="normal")
+    assert qm.float_nodes == {"strange_node": "float_fallback option"}
+    assert unified.quantize(model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16,
+                            float_fallback=["Relu"], strict=True).float_nodes == {"strange_node": "float_fallback option"}
+
+
+def _model_with_float_island() -> onnx.ModelProto:
+    """Conv -> [Erf, ArgMax -> Cast (a float island)] -> Add -> GlobalAveragePool: the island's int64
+    tensor needs no calibration; only its float outputs enter the integer graph."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Erf", ["c"], ["e"], name="erf"),
+             helper.make_node("ArgMax", ["e"], ["idx"], name="argmax", axis=1, keepdims=1),
+             helper.make_node("Cast", ["idx"], ["idx_f"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["idx_f", "tenth"], ["scaled"], name="scale"),
+             helper.make_node("Add", ["e", "scaled"], ["r"], name="add"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["logits"], name="flat")]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              [w, numpy_helper.from_array(np.float32(0.1), "tenth")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float_island_needs_no_statistics_for_shape_tensors(tiny_calibration, tiny_batch) -> None:
+    model = _model_with_float_island()
+    calibration = list(tiny_calibration) + [tiny_batch[i:i + 1] for i in range(4)]
+    qm = unified.quantize(model, backend="rknn", calibration=calibration, preprocess=PRE16)
+    ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
+    np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)
+    assert qm.float_nodes == {"erf": "no integer kernel for Erf", "argmax": "no integer kernel for ArgMax",
+                              "cast": "no integer kernel for Cast"}
+    integer_inputs = {i for n in qm.artifact.graph.nodes if n.op != "float" for i in n.inputs}
+    assert "idx" not in qm.artifact.graph.tensors and "idx" not in integer_inputs
 
 
 # -- bad input --------------------------------------------------------------------------------

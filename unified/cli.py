@@ -30,6 +30,54 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def _add_preprocess_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input preprocessing (default: the model's own, or a guess with a warning)")
+    g.add_argument("--mean", nargs="+", type=float, help="mean in pixel units, one value or one per channel")
+    g.add_argument("--std", nargs="+", type=float, help="std in pixel units, one value or one per channel")
+    g.add_argument("--size", type=int, help="input size: center crop of this many pixels")
+    g.add_argument("--resize", type=int, help="shorter side before the crop (default: size * 256/224)")
+    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="the model's input layout")
+    g.add_argument("--bgr", action="store_true", help="the model takes BGR channel order")
+
+
+def _preprocess(args: argparse.Namespace):
+    """A Preprocess from the flags over the model's own (None when no flag is given)."""
+    changes: dict[str, Any] = {}
+    if args.mean:
+        changes["mean"] = args.mean
+    if args.std:
+        changes["std"] = args.std
+    if args.size:
+        changes["crop"] = args.size
+        changes["resize"] = args.resize or int(round(args.size * 256 / 224))
+    elif args.resize:
+        changes["resize"] = args.resize
+    if args.layout:
+        changes["layout"] = args.layout
+    if args.bgr:
+        changes["channels"] = "BGR"
+    if not changes:
+        return None
+    from dataclasses import replace
+
+    from unified.inputs.model_source import resolve_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the flags replace the guess the warning is about
+        base = resolve_model(getattr(args, "model", None)).preprocess
+    return replace(base, **changes)
+
+
+def _float_line(qm) -> str | None:
+    nodes = qm.float_nodes
+    if not nodes:
+        return None
+    from collections import Counter
+
+    ops = Counter(reason.split()[-1] if reason.startswith("no integer kernel") else reason for reason in nodes.values())
+    return f"{qm.backend}: {len(nodes)} node(s) run in float: " + ", ".join(f"{k} x{v}" for k, v in ops.most_common(6))
+
+
 def _runs(args: argparse.Namespace) -> list[tuple[str, str]]:
     specs = api.backends()
     if args.backend:
@@ -50,21 +98,32 @@ def cmd_infer(args: argparse.Namespace) -> int:
     print(f"model: {args.model or 'efficientnet_lite0 (built-in, pretrained)'}   image: {image}")
     saved = api.load(args.model) if args.model and api.looks_saved(args.model) else None
     runs = [(saved.backend, saved.mode)] if saved else _runs(args)
+    preprocess = None if saved else _preprocess(args)
     for backend, mode in runs:
-        qm = saved or api.quantize(args.model, backend=backend, mode=mode, calibration=args.calibration, **options)
+        qm = saved or api.quantize(args.model, backend=backend, mode=mode, calibration=args.calibration,
+                                   preprocess=preprocess, **options)
         result = qm.infer(image)
         print(f"\n{backend} / {mode}")
-        print(format_table(["rank", "class", "label", "probability"],
-                           [(i + 1, idx, label, f"{p:.4f}") for i, (idx, label, p) in enumerate(result.top5)]))
+        if _float_line(qm):
+            print(_float_line(qm))
+        if result.scores_name is not None:
+            print(format_table(["rank", "class", "label", "probability"],
+                               [(i + 1, idx, label, f"{p:.4f}") for i, (idx, label, p) in enumerate(result.top5)]))
+        else:  # a detector or segmenter: one summary line per output
+            print(format_table(["output", "shape", "min", "max", "mean"],
+                               [(name, "x".join(map(str, v.shape)), float(v.min()), float(v.max()), float(v.mean()))
+                                for name, v in result.outputs.items()]))
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     options = _parse_options(args.option)
     qm = api.quantize(args.model, backend=args.backend, mode=args.mode, calibration=args.calibration,
-                      cache=False, **options)
+                      preprocess=_preprocess(args), cache=False, **options)
     qm.save(args.output)
     print(f"saved {qm.backend}/{qm.mode} model to {args.output}")
+    if _float_line(qm):
+        print(_float_line(qm))
     if qm.input_quant is not None:
         print(f"input:  {qm.input_quant}")
         print(f"output: {qm.output_quant}")
@@ -87,7 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if images and len(images) == 1:
         images = images[0]
     report = compare(args.model, images, backends=args.backends, calibration=args.calibration,
-                     layer_images=args.layer_images)
+                     layer_images=args.layer_images, preprocess=_preprocess(args))
     print(report.table())
     for b in report.backends:
         worst = b.worst_layers(3)
@@ -114,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="backend mode, e.g. ort: static | dynamic | fp32")
     p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
+    _add_preprocess_flags(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("quantize", help="quantize a model for a backend and save it")
@@ -123,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    _add_preprocess_flags(p)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("backends", help="list installed backends and their I/O contracts")
@@ -136,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-images", type=int, default=8, help="images used by the per-layer analysis")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--plot", help="write a PNG of per-layer error across backends")
+    _add_preprocess_flags(p)
     p.set_defaults(func=cmd_compare)
     return parser
 
@@ -144,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs through root
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from unified.inputs.model_source import UnknownNormalizationWarning
+
+    warnings.filterwarnings("default", category=UnknownNormalizationWarning)
+    warnings.showwarning = lambda message, *a, **k: print(f"unified: warning: {message}", file=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -18,6 +18,7 @@ import numpy as np
 from unified.core import plugins
 from unified.core.api import quantize
 from unified.core.errors import ImageError, UnifiedError
+from unified.core.quantized_model import concatenate_outputs
 from unified.inputs.model_source import resolve_model
 from unified.inputs.preprocess import Preprocess
 from unified.terminal.progress import progress
@@ -34,18 +35,35 @@ class LayerFigures:
 
 
 @dataclass
+class OutputFigures:
+    """One model output against fp32; top-1/top-5 only where the output holds class scores."""
+
+    name: str
+    mean_cosine: float
+    min_cosine: float
+    sqnr_db: float
+    max_abs_error: float
+    top1_agreement: float | None = None
+    top5_overlap: float | None = None
+
+
+@dataclass
 class BackendFigures:
+    """A backend's figures: per output, and summarized (the class-score output's top-1/top-5,
+    the worst output's cosine and error)."""
+
     label: str
     backend: str
     mode: str
     options: dict[str, Any]
-    top1_agreement: float
-    top5_overlap: float
+    top1_agreement: float | None
+    top5_overlap: float | None
     mean_cosine: float
     min_cosine: float
     max_abs_error: float
     run_seconds: float
     layers: list[LayerFigures] = field(default_factory=list)
+    outputs: list[OutputFigures] = field(default_factory=list)
 
     def worst_layers(self, n: int = 5, by: str = "single") -> list[LayerFigures]:
         """The layers where most error enters: lowest "single" SQNR (or "entire")."""
@@ -74,10 +92,15 @@ class CompareReport:
             tmp.write_text(json.dumps(self.to_json(), indent=1, default=float))
 
     def table(self) -> str:
-        rows = [(b.label[:28], f"{b.top1_agreement:.1%}", f"{b.top5_overlap:.1%}", f"{b.mean_cosine:.4f}",
+        pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+        rows = [(b.label[:28], pct(b.top1_agreement), pct(b.top5_overlap), f"{b.mean_cosine:.4f}",
                  f"{b.min_cosine:.4f}", f"{b.max_abs_error:.3f}",
                  _short(b.worst_layers(1)[0].tensor) if b.layers else "-")
                 for b in self.backends]
+        if any(len(b.outputs) > 1 for b in self.backends):
+            rows += [(f"  {b.label[:12]}:{o.name[:14]}", pct(o.top1_agreement), pct(o.top5_overlap),
+                      f"{o.mean_cosine:.4f}", f"{o.min_cosine:.4f}", f"{o.max_abs_error:.3f}", f"{o.sqnr_db:.1f} dB")
+                     for b in self.backends for o in b.outputs]
         head = f"{self.model}: {self.images} images vs ort fp32 (per-layer on {self.layer_images})"
         return head + "\n" + format_table(["backend", "top-1", "top-5", "cos mean", "cos min", "max|err|", "worst layer"], rows)
 
@@ -144,11 +167,23 @@ def _sqnr(ref: np.ndarray, q: np.ndarray) -> float:
     return float(10 * np.log10(max(float((ref.astype(np.float64) ** 2).sum()), 1e-30) / max(noise, 1e-30)))
 
 
-def _run(qm, x: np.ndarray, batch: int, label: str) -> tuple[np.ndarray, float]:
+def _run(qm, x: np.ndarray, batch: int, label: str) -> tuple[dict[str, np.ndarray], float]:
+    """Every output of `qm` over `x`, by name (a single output is named "output")."""
     t = time.perf_counter()
     starts = range(0, len(x), batch)
-    out = np.concatenate([qm.run(x[s:s + batch]) for s in progress(starts, len(starts), f"{label:>12s}", f"{len(x)} images")])
-    return out, time.perf_counter() - t
+    out = concatenate_outputs([qm.run(x[s:s + batch])
+                               for s in progress(starts, len(starts), f"{label:>12s}", f"{len(x)} images")])
+    return (out if isinstance(out, dict) else {"output": out}), time.perf_counter() - t
+
+
+def _output_figures(name: str, out: np.ndarray, ref: np.ndarray) -> OutputFigures:
+    cos = _cosine(out, ref)
+    figures = OutputFigures(name, float(cos.mean()), float(cos.min()), _sqnr(ref, out), float(np.abs(out - ref).max()))
+    if ref.ndim == 2 and ref.shape[1] >= 2:  # a batch of class scores
+        top5, ref_top5 = np.argsort(-out, axis=1)[:, :5], np.argsort(-ref, axis=1)[:, :5]
+        figures.top1_agreement = float((out.argmax(1) == ref.argmax(1)).mean())
+        figures.top5_overlap = float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(top5, ref_top5)]))
+    return figures
 
 
 def _backend_entries(backends: Iterable[Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -199,18 +234,18 @@ def compare(model: Any = None, images: Any = None, backends: Sequence[Any] = ("o
     model_arg = model if model is not None else source.proto
     fp32 = quantize(model_arg, backend="ort", mode="fp32", preprocess=preprocess)
     ref, _ = _run(fp32, x, batch_size, "ort fp32")
-    ref_top5 = np.argsort(-ref, axis=1)[:, :5]
     k = min(layer_images, len(x))
     reference = _reference_tensors(source.proto, x[:k]) if k else None
     results = []
     for label, name, options in entries:
         qm = quantize(model_arg, backend=name, calibration=calibration, preprocess=preprocess, **options)
         out, seconds = _run(qm, x, batch_size, label[:12])
-        cos = _cosine(out, ref)
-        top5 = np.argsort(-out, axis=1)[:, :5]
-        overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5, ref_top5)])
-        figures = BackendFigures(label, name, qm.mode, options, float((out.argmax(1) == ref.argmax(1)).mean()),
-                                 float(overlap), float(cos.mean()), float(cos.min()), float(np.abs(out - ref).max()), seconds)
+        per_output = [_output_figures(o, out[o], ref[o]) for o in ref]
+        scores = next((o for o in per_output if o.top1_agreement is not None), None)
+        figures = BackendFigures(label, name, qm.mode, options,
+                                 scores.top1_agreement if scores else None, scores.top5_overlap if scores else None,
+                                 min(o.mean_cosine for o in per_output), min(o.min_cosine for o in per_output),
+                                 max(o.max_abs_error for o in per_output), seconds, outputs=per_output)
         if reference is not None:
             tensors, order = reference
             layered = plugins.call_optional(name, "unified_layer_outputs", artifact=qm.artifact,

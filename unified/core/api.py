@@ -19,7 +19,7 @@ from unified.core.errors import BackendError, SavedModelError
 from unified.core.paths import cache_dir
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult
-from unified.graph.onnx_model import fingerprint
+from unified.graph.onnx_model import fingerprint, input_signature
 from unified.inputs.calibration import (
     CalibrationSet,
     default_calibration,
@@ -101,12 +101,13 @@ def quantize(
                         cached_at.unlink(missing_ok=True)  # stale or damaged cache entry: rebuild
             cal = default_calibration(source.preprocess)
         else:
-            cal = make_calibration_set(calibration, source.preprocess)
+            cal = make_calibration_set(calibration, source.preprocess, inputs=input_signature(source.proto))
         _check_calibration_shape(cal, source.proto)
     with progress_scope(backend):
         artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
                                 options=dict(options, mode=mode), preprocess=source.preprocess)
-    qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options)
+    qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options,
+                        [name for name, _ in input_signature(source.proto)])
     if cached_at is not None:
         qm.save(cached_at)
     return qm
@@ -114,13 +115,16 @@ def quantize(
 
 def _check_calibration_shape(cal: CalibrationSet, model) -> None:
     from unified.core.errors import CalibrationError
-    from unified.graph.onnx_model import input_shape
+    from unified.graph.onnx_model import input_shape, input_signature
 
-    expected = input_shape(model)
-    got = cal.tensors[0].shape
-    if len(expected) != len(got) or any(isinstance(e, int) and e > 0 and e != g for e, g in zip(expected[1:], got[1:])):
-        raise CalibrationError(f"calibration tensors have shape {got}, the model's input is {expected} "
-                               "(pass preprocess=unified.Preprocess(resize, crop, mean, std) to match it)")
+    first = cal.tensors[0]
+    for index, (name, _) in enumerate(input_signature(model)):
+        expected = input_shape(model, index)
+        got = first[name].shape if isinstance(first, dict) else first.shape
+        if len(expected) != len(got) or any(isinstance(e, int) and e > 0 and e != g for e, g in zip(expected[1:], got[1:])):
+            raise CalibrationError(f"calibration tensors for input {name!r} have shape {got}, the model's input is "
+                                   f"{expected} (pass preprocess=unified.Preprocess(resize, crop, mean, std, layout) "
+                                   "to match it)")
 
 
 def looks_saved(model: Any) -> bool:

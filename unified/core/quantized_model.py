@@ -19,7 +19,7 @@ from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
 from unified.core.saved_model import read_container, write_container
 from unified.inputs.images import ImageLike
-from unified.inputs.preprocess import Preprocess, as_input_batch
+from unified.inputs.preprocess import Preprocess, as_input_batch, batch_size, take
 
 
 class QuantizedModel:
@@ -33,6 +33,7 @@ class QuantizedModel:
         model_name: str = "model",
         mode: str = "default",
         options: dict[str, Any] | None = None,
+        input_names: Sequence[str] | None = None,
     ) -> None:
         self.backend = backend
         self.artifact = artifact
@@ -40,6 +41,8 @@ class QuantizedModel:
         self.model_name = model_name
         self.mode = mode
         self.options = dict(options or {})
+        #: the model's inputs in graph order (a tuple given to `run` follows this order)
+        self.input_names = list(input_names or [])
 
     # -- the I/O contract -------------------------------------------------------------------
     @property
@@ -55,6 +58,12 @@ class QuantizedModel:
     def output_quant(self) -> QuantParams | None:
         return self.artifact.output_quant
 
+    @property
+    def float_nodes(self) -> dict[str, str]:
+        """Nodes this backend runs in float (hybrid execution), each with the reason; {} when the
+        whole model runs on the backend's own scheme."""
+        return dict(getattr(self.artifact, "float_nodes", None) or {})
+
     # -- running ----------------------------------------------------------------------------
     def quantize_input(self, batch: np.ndarray) -> np.ndarray:
         """Float batch (model space) -> the backend's native input (identity for float backends)."""
@@ -64,24 +73,45 @@ class QuantizedModel:
         """Expert path: the backend's native input in, its native output out (no (de)quantization)."""
         return plugins.call(self.backend, "unified_infer", artifact=self.artifact, inputs=native_input)
 
-    def dequantize_output(self, native_output: np.ndarray) -> np.ndarray:
+    def dequantize_output(self, native_output: Any) -> np.ndarray | dict[str, np.ndarray]:
         out = plugins.call(self.backend, "unified_dequantize_output", artifact=self.artifact, outputs=native_output)
+        if isinstance(out, dict):
+            return {name: np.asarray(v, dtype=np.float32) for name, v in out.items()}
         return np.asarray(out, dtype=np.float32)
 
-    def run(self, batch: np.ndarray | Sequence[ImageLike] | ImageLike) -> np.ndarray:
-        """Float in, float out: a float NCHW batch (or images) -> float32 logits."""
-        x = as_input_batch(batch, self.preprocess)
+    def run(self, batch: np.ndarray | Sequence[ImageLike] | ImageLike) -> np.ndarray | dict[str, np.ndarray]:
+        """Float in, float out: a float batch in the model's input space and layout (or images)
+        -> float32 outputs: one array for a single-output model, a dict output name -> array
+        otherwise."""
+        x = as_input_batch(batch, self.preprocess, self.input_names)
         # NaN/Inf checks belong to quantize_input of integer backends, which read every value anyway;
         # a float backend simply propagates them, and checking here would cost ~5% of an ORT run.
+        fixed, n = self.fixed_batch, batch_size(x)
+        if fixed and n != fixed:
+            if n % fixed:
+                raise InputError(f"{self.model_name} on {self.backend} was built for batches of {fixed}; "
+                                 f"got {n}, which is not a multiple of it")
+            # A fixed-size model (as NPU toolkits compile them) runs a larger batch in pieces;
+            # the result is exactly that of the single runs.
+            return concatenate_outputs([self._run_native(take(x, i, i + fixed)) for i in range(0, n, fixed)])
+        return self._run_native(x)
+
+    def _run_native(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         return self.dequantize_output(self.run_quantized(self.quantize_input(x)))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the backend's model was built for, or None when any batch runs."""
+        return getattr(self.artifact, "fixed_batch", None)
 
     def infer(self, image: ImageLike) -> InferenceResult:
         """One image: load -> preprocess -> quantize_input -> infer -> dequantize_output -> top-5."""
-        x = as_input_batch(image, self.preprocess)
-        if x.shape[0] != 1:
-            raise InputError(f"infer takes one image; got a batch of {x.shape[0]} (use run() for batches)")
-        logits = self.run(x)
-        return InferenceResult(logits=logits[0], backend=self.backend, mode=self.mode)
+        x = as_input_batch(image, self.preprocess, self.input_names)
+        if batch_size(x) != 1:
+            raise InputError(f"infer takes one image; got a batch of {batch_size(x)} (use run() for batches)")
+        out = self.run(x)
+        outputs = {name: v[0] for name, v in out.items()} if isinstance(out, dict) else {"output": out[0]}
+        return InferenceResult(outputs=outputs, backend=self.backend, mode=self.mode)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -92,6 +122,7 @@ class QuantizedModel:
             "mode": self.mode,
             "model_name": self.model_name,
             "options": _jsonable(self.options),
+            "input_names": self.input_names,
             "preprocess": self.preprocess.to_json(),
             "artifact": meta,
         }
@@ -113,7 +144,8 @@ class QuantizedModel:
         except Exception as exc:
             raise SavedModelError(f"{path}: backend {backend!r} cannot restore it: {exc}") from exc
         return cls(backend, artifact, Preprocess.from_json(manifest["preprocess"]),
-                   manifest.get("model_name", "model"), manifest.get("mode", "default"), manifest.get("options"))
+                   manifest.get("model_name", "model"), manifest.get("mode", "default"), manifest.get("options"),
+                   manifest.get("input_names"))
 
     def __repr__(self) -> str:
         return f"QuantizedModel(backend={self.backend!r}, mode={self.mode!r}, model={self.model_name!r})"
@@ -129,3 +161,10 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = repr(v)
     return out
+
+
+def concatenate_outputs(parts: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
+    """Join the outputs of consecutive batches (arrays, or dicts of arrays by output name)."""
+    if parts and isinstance(parts[0], dict):
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return np.concatenate(parts)

@@ -37,7 +37,8 @@ def _session(model) -> ort.InferenceSession:
     QuantizeLinear), the ONNX semantics. Optimized, it fuses them into int8 kernels that on x86
     CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose int16 pair sums saturate, and
     the oracle would then disagree with an exact engine by up to a hundred steps."""
-    return make_session(model.SerializeToString(), threads=1, optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return make_session(model.SerializeToString(), threads=1, optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                        memory_arena=False)
 
 
 def layer_agreement(graph: IntegerGraph, x: np.ndarray) -> list[LayerAgreement]:
@@ -45,7 +46,7 @@ def layer_agreement(graph: IntegerGraph, x: np.ndarray) -> list[LayerAgreement]:
     values = Interpreter(graph).run_all(x)
     results = []
     for node in graph.nodes:
-        if node.op == "const":
+        if node.op in ("const", "float"):  # float fallback is ONNX's own op, not the engine's arithmetic
             continue
         session = _session(export_qdq(graph, [node]))
         feeds = {i.name: values[i.name] for i in session.get_inputs()}
@@ -59,7 +60,10 @@ def layer_agreement(graph: IntegerGraph, x: np.ndarray) -> list[LayerAgreement]:
 
 
 def end_to_end(graph: IntegerGraph, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(engine output, export output) for the whole graph on the same integer input."""
+    """(engine output, export output) for the whole graph on the same integer input (the first
+    output of a multi-output graph)."""
     engine = Interpreter(graph).run(x)
-    export = _session(export_qdq(graph)).run(None, {graph.input_name: x})[0]
+    if isinstance(engine, dict):
+        engine = engine[graph.output_name]
+    export = _session(export_qdq(graph)).run(None, x if isinstance(x, dict) else {graph.input_name: x})[0]
     return engine, export

@@ -35,13 +35,14 @@ class IntNode:
 class IntegerGraph:
     nodes: list[IntNode]
     tensors: dict[str, QuantParams]
-    input_name: str
-    output_name: str
+    input_names: list[str]       # graph inputs in graph order (most models have one)
+    output_names: list[str]      # graph outputs in graph order (most models have one)
     dtype: str                   # "int8" | "uint8": every activation tensor
     rounding: RoundingPolicy
     scheme: dict[str, Any]
-    input_shape: list[int | str]
+    input_shapes: list[list[int | str]]
     float_fallback: dict[str, bytes] = field(default_factory=dict)  # node name -> single-node ONNX
+    float_reasons: dict[str, str] = field(default_factory=dict)     # node name -> why it runs in float
     #: run-time only, never saved: exact fast accumulators by node name (see ort_accumulate)
     accelerators: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -55,6 +56,18 @@ class IntegerGraph:
     @property
     def output_q(self) -> QuantParams:
         return self.tensors[self.output_name]
+
+    @property
+    def input_name(self) -> str:
+        return self.input_names[0]
+
+    @property
+    def input_shape(self) -> list[int | str]:
+        return self.input_shapes[0]
+
+    @property
+    def output_name(self) -> str:
+        return self.output_names[0]
 
     # -- serialization: JSON + one .npz (loaded with allow_pickle=False) ------------------------
     def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
@@ -73,9 +86,9 @@ class IntegerGraph:
         meta = {
             "graph_format": GRAPH_FORMAT, "nodes": nodes,
             "tensors": {k: v.to_json() for k, v in self.tensors.items()},
-            "input_name": self.input_name, "output_name": self.output_name, "dtype": self.dtype,
-            "rounding": self.rounding.value, "scheme": self.scheme, "input_shape": self.input_shape,
-            "float_fallback": sorted(self.float_fallback),
+            "input_names": self.input_names, "output_names": self.output_names, "dtype": self.dtype,
+            "rounding": self.rounding.value, "scheme": self.scheme, "input_shapes": self.input_shapes,
+            "float_fallback": sorted(self.float_fallback), "float_reasons": self.float_reasons,
         }
         blobs = {"arrays.npz": buffer.getvalue()}
         for name, data in self.float_fallback.items():
@@ -100,7 +113,8 @@ class IntegerGraph:
             nodes=nodes,
             tensors={k: QuantParams(float(v[0]), int(v[1]), meta["dtype"], rounding=rounding, zero_point_inside_round=inside)
                      for k, v in meta["tensors"].items()},
-            input_name=meta["input_name"], output_name=meta["output_name"], dtype=meta["dtype"],
-            rounding=rounding, scheme=meta["scheme"], input_shape=meta["input_shape"],
+            input_names=list(meta["input_names"]), output_names=list(meta["output_names"]), dtype=meta["dtype"],
+            rounding=rounding, scheme=meta["scheme"], input_shapes=[list(s) for s in meta["input_shapes"]],
             float_fallback={name: blobs[f"fallback/{name}.onnx"] for name in meta.get("float_fallback", [])},
+            float_reasons=dict(meta.get("float_reasons", {})),
         )

@@ -46,17 +46,23 @@ class Interpreter:
         for i, node in enumerate(graph.nodes):
             for name in node.inputs:
                 last_use[name] = i
-        self._free_after = {i: [n for n, last in last_use.items() if last == i and n != graph.output_name]
+        keep = set(graph.output_names)
+        self._free_after = {i: [n for n, last in last_use.items() if last == i and n not in keep]
                             for i in range(len(graph.nodes))}
 
-    def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        """The graph's output (a dict by name when the graph has several)."""
         g = self.graph
-        if x.dtype != np.dtype(g.dtype):
-            raise InputError(f"integer input must be {g.dtype}, got {x.dtype}")
+        values: dict[str, np.ndarray] = dict(x) if isinstance(x, dict) else {g.input_name: x}
+        for name in g.input_names:
+            if name not in values:
+                raise InputError(f"missing input {name!r}; the model takes {g.input_names}")
+            if values[name].dtype != np.dtype(g.dtype):
+                raise InputError(f"integer input {name!r} must be {g.dtype}, got {values[name].dtype}")
         listening = tap is not None
         tap = tap or _no_tap
-        values: dict[str, np.ndarray] = {g.input_name: x}
-        tap("input", "activation", x)
+        for name in g.input_names:
+            tap("input", "activation", values[name])
         for i, node in enumerate(g.nodes):
             inputs = [values[n] for n in node.inputs]
             outs = KERNELS[node.op](node, inputs, g, tap if listening else None)
@@ -66,13 +72,15 @@ class Interpreter:
             if tap is _no_tap:
                 for name in self._free_after[i]:
                     values.pop(name, None)
-        return values[g.output_name]
+        if len(g.output_names) == 1:
+            return values[g.output_name]
+        return {name: values[name] for name in g.output_names}
 
     def run_all(self, x: np.ndarray, tap: Tap | None = None) -> dict[str, np.ndarray]:
         """Every tensor of one run by name (per-layer analysis and the fidelity oracle)."""
         values: dict[str, np.ndarray] = {}
         g = self.graph
-        values[g.input_name] = x
+        values.update(x if isinstance(x, dict) else {g.input_name: x})
         for node in g.nodes:
             inputs = [values[n] for n in node.inputs]
             outs = KERNELS[node.op](node, inputs, g, tap)

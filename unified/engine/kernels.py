@@ -332,9 +332,13 @@ def float_fallback(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap
 
     The float op is the node's one-node ONNX model, evaluated by the run-time evaluator the
     interpreter prepared for it (`g.accelerators[node.name]`)."""
-    feeds = {name: g.tensors[name].dequantize(q) for name, q in zip(node.inputs, inputs)}
+    feeds = {name: g.tensors[name].dequantize(v) if name in g.tensors and v.dtype.kind in "iu" else v
+             for name, v in zip(node.inputs, inputs)}
     outs = g.accelerators[node.name].run(None, feeds)
-    return [g.tensors[name].quantize(y) for name, y in zip(node.outputs, outs)]
+    # Outputs an integer node (or the graph output) reads are quantized; the others stay float,
+    # so a chain of float nodes (a float island) runs in float throughout.
+    return [g.tensors[name].quantize(y) if name in g.tensors else np.asarray(y)
+            for name, y in zip(node.outputs, outs)]
 
 
 KERNELS: dict[str, Kernel] = {

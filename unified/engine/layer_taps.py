@@ -16,11 +16,11 @@ from unified.engine.kernels import KERNELS
 def layer_outputs(artifact: IntegerArtifact, native: np.ndarray,
                   reference: Mapping[str, np.ndarray] | None) -> dict[str, dict[str, np.ndarray]]:
     g = artifact.graph
-    x = np.ascontiguousarray(native.transpose(0, 3, 1, 2)) if artifact.layout == "NHWC" else native
+    x = artifact.to_model(native)
     values = artifact.interpreter.run_all(x)
     constants = {o for n in g.nodes if n.op == "const" for o in n.outputs}
     entire = {name: g.tensors[name].dequantize(v).astype(np.float32)
-              for name, v in values.items() if name in g.tensors and name not in constants and name != g.input_name}
+              for name, v in values.items() if name in g.tensors and name not in constants and name not in g.input_names}
     single: dict[str, np.ndarray] = {}
     if reference is not None:
         for node in g.nodes:

@@ -38,6 +38,8 @@ class _Builder:
         return np.asarray(z, dtype=dtype or self.g.dtype)
 
     def dq(self, tensor: str) -> str:
+        if tensor not in self.g.tensors:  # a float-domain tensor between float-fallback nodes
+            return tensor
         t = self.g.tensors[tensor]
         out = self.uid(f"{tensor}_dq")
         self.nodes.append(helper.make_node("DequantizeLinear", [tensor, self.const(np.float32(t.scale), "s"),
@@ -45,6 +47,9 @@ class _Builder:
         return out
 
     def q(self, float_name: str, tensor: str) -> None:
+        if tensor not in self.g.tensors:  # stays float: only float-fallback nodes consume it
+            self.nodes.append(helper.make_node("Identity", [float_name], [tensor]))
+            return
         t = self.g.tensors[tensor]
         self.nodes.append(helper.make_node("QuantizeLinear", [float_name, self.const(np.float32(t.scale), "s"),
                                                               self.const(self.zp(t.zero_point), "z")], [tensor]))
@@ -175,7 +180,7 @@ def export_qdq(g: IntegerGraph, nodes: Iterable[IntNode] | None = None, opset: i
         for i in n.inputs:
             if i not in produced and i not in needed:
                 needed.append(i)
-    outputs = [g.output_name] if nodes is None else [o for o in chosen[-1].outputs]
+    outputs = list(g.output_names) if nodes is None else [o for o in chosen[-1].outputs]
     elem = _ELEM[g.dtype]
     graph = helper.make_graph(
         b.nodes, "qdq_export",

@@ -51,7 +51,7 @@ def run_tapped(
     if first is not None and first.HasField("dim_value"):
         batch_size = first.dim_value  # a model exported with a fixed batch takes only that batch
     for batch in calibration.batches(batch_size):
-        values = session.run(names, {input_name: batch})
+        values = session.run(names, batch if isinstance(batch, dict) else {input_name: batch})
         consume(dict(zip(names, values)))
 
 

@@ -24,7 +24,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def check_model(model: onnx.ModelProto, source: str = "<ModelProto>") -> onnx.ModelProto:
-    """Run `onnx.checker` and shape inference; require exactly one input and one output."""
+    """Run `onnx.checker` and shape inference; the graph needs at least one input."""
     if not isinstance(model, onnx.ModelProto):
         raise ModelError(f"{source}: expected an onnx.ModelProto, got {type(model).__name__}")
     if len(model.graph.node) == 0:
@@ -39,11 +39,8 @@ def check_model(model: onnx.ModelProto, source: str = "<ModelProto>") -> onnx.Mo
     except Exception as exc:
         raise ModelError(f"{source}: ONNX shape inference failed: {exc}") from exc
     inputs = graph_inputs(model)
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise ModelError(
-            f"{source}: unified runs single-input, single-output models; this one has "
-            f"inputs {[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}"
-        )
+    if not inputs:
+        raise ModelError(f"{source}: the graph has no inputs")
     return model
 
 
@@ -88,9 +85,14 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in init]
 
 
-def input_shape(model: onnx.ModelProto) -> tuple[int | str, ...]:
-    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
+def input_shape(model: onnx.ModelProto, index: int = 0) -> tuple[int | str, ...]:
+    dims = graph_inputs(model)[index].type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+
+
+def input_signature(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    """(name, rank) of every graph input, in graph order."""
+    return [(i.name, len(i.type.tensor_type.shape.dim)) for i in graph_inputs(model)]
 
 
 def fingerprint(model: onnx.ModelProto) -> str:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from unified.core.errors import ModelError
+from unified.graph.frontend import normalize
 from unified.graph.onnx_model import check_model, input_shape, load_onnx
 from unified.inputs.preprocess import Preprocess
 from unified.inputs.zoo import DEFAULT_MODEL, ZOO, export_torch, load_zoo_model
@@ -27,15 +29,33 @@ class SourceModel:
     preprocess: Preprocess
 
 
-def preprocess_for(model: onnx.ModelProto) -> Preprocess:
-    """The default normalization, sized to the model's input: crop = its H (if static and square),
-    resize in the usual 256/224 proportion."""
+def input_layout(shape: tuple[int | str, ...]) -> str:
+    """NHWC when the model makes it certain (a 4-D input whose last dimension is 3 and second is
+    not), else NCHW."""
+    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
+        return "NHWC"
+    return "NCHW"
+
+
+def preprocess_for(model: onnx.ModelProto, name: str = "model") -> Preprocess:
+    """The default normalization, sized and laid out as the model's input: crop = its H (if static
+    and square), resize in the usual 256/224 proportion. Its mean/std are a guess, so say so."""
     shape = input_shape(model)
-    if len(shape) == 4 and isinstance(shape[2], int) and shape[2] > 0 and shape[2] == shape[3]:
-        crop = shape[2]
-        return Preprocess(resize=int(round(crop * 256 / 224)), crop=crop,
-                          mean=DEFAULT_PREPROCESS.mean, std=DEFAULT_PREPROCESS.std)
-    return DEFAULT_PREPROCESS
+    layout = input_layout(shape)
+    h, w = (shape[1], shape[2]) if layout == "NHWC" else (shape[2:4] if len(shape) == 4 else (None, None))
+    pre = DEFAULT_PREPROCESS
+    if isinstance(h, int) and h > 0 and h == w:
+        pre = replace(pre, resize=int(round(h * 256 / 224)), crop=h)
+    pre = replace(pre, layout=layout)
+    warnings.warn(f"{name}: its input normalization is unknown; images will use mean={list(pre.mean)} "
+                  f"std={list(pre.std)} (EfficientNet-Lite's), {pre.layout} {pre.channels}. Pass "
+                  "preprocess=unified.Preprocess(mean=..., std=..., layout=..., channels=...) "
+                  "(CLI: --mean --std --size --layout --bgr) to set it.", UnknownNormalizationWarning, stacklevel=4)
+    return pre
+
+
+class UnknownNormalizationWarning(UserWarning):
+    """A model's input normalization had to be guessed."""
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -45,6 +65,11 @@ def _is_torch_module(obj: Any) -> bool:
 
 def resolve_model(model: Any = None, preprocess: Preprocess | None = None) -> SourceModel:
     """Zoo name | .onnx path | onnx.ModelProto | torch.nn.Module (None means the default zoo model)."""
+    source = _load_source(model, preprocess)
+    return SourceModel(normalize(source.proto, source.name), source.name, source.preprocess)
+
+
+def _load_source(model: Any, preprocess: Preprocess | None) -> SourceModel:
     if model is None:
         model = DEFAULT_MODEL
     if isinstance(model, (str, os.PathLike)) and str(model) in ZOO:
@@ -57,10 +82,11 @@ def resolve_model(model: Any = None, preprocess: Preprocess | None = None) -> So
                 f"model {str(model)!r} is neither a zoo name ({', '.join(sorted(ZOO))}) nor an existing .onnx file"
             )
         proto = load_onnx(path)
-        return SourceModel(proto, path.stem, preprocess or preprocess_for(proto))
+        return SourceModel(proto, path.stem, preprocess or preprocess_for(proto, path.name))
     if isinstance(model, onnx.ModelProto):
         proto = check_model(model)
-        return SourceModel(proto, model.graph.name or "model", preprocess or preprocess_for(proto))
+        name = model.graph.name or "model"
+        return SourceModel(proto, name, preprocess or preprocess_for(proto, name))
     if _is_torch_module(model):
         pre = preprocess or DEFAULT_PREPROCESS
         return SourceModel(export_torch(model, (1, 3, pre.crop, pre.crop)), type(model).__name__, pre)

@@ -8,7 +8,7 @@ Mean and std are in pixel units (0..255), the way RKNN's `mean_values`/`std_valu
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -18,21 +18,35 @@ from unified.core.errors import ImageError, InputError
 from unified.inputs.images import ImageLike, load_rgb
 
 
+LAYOUTS = ("NCHW", "NHWC")
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How a photo becomes the model's float NCHW input."""
+    """How a photo becomes the model's float input: resize, center crop, channel order,
+    `(pixel - mean) / std` (pixel units, in the model's channel order), and the model's layout."""
 
     resize: int = 256
     crop: int = 224
     mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    layout: str = "NCHW"
+    channels: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise InputError(f"Preprocess layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.channels not in CHANNEL_ORDERS:
+            raise InputError(f"Preprocess channels must be one of {', '.join(CHANNEL_ORDERS)}, got {self.channels!r}")
+        object.__setattr__(self, "mean", per_channel(self.mean))
+        object.__setattr__(self, "std", per_channel(self.std))
 
     def with_normalization(self, mean: Any = None, std: Any = None) -> "Preprocess":
         """A copy with mean and/or std replaced (pixel units; one value or one per channel, as
         RKNN's `mean_values=[[127, 127, 127]]` or a plain 127); None keeps the current one."""
-        return Preprocess(self.resize, self.crop,
-                          self.mean if mean is None else per_channel(mean),
-                          self.std if std is None else per_channel(std))
+        return replace(self, mean=self.mean if mean is None else per_channel(mean),
+                       std=self.std if std is None else per_channel(std))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +58,8 @@ class Preprocess:
             crop=int(data["crop"]),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            layout=str(data.get("layout", "NCHW")),
+            channels=str(data.get("channels", "RGB")),
         )
 
     def pixels(self, image: ImageLike) -> np.ndarray:
@@ -53,8 +69,9 @@ class Preprocess:
         im = center_crop(im, self.crop)
         return np.asarray(im, dtype=np.uint8)
 
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NHWC or HWC pixels -> float32 NCHW tensor, (pixel - mean) / std."""
+    def normalize(self, pixels: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """uint8 RGB NHWC or HWC pixels -> the model's float32 input, (pixel - mean) / std, in its
+        channel order and layout."""
         arr = np.asarray(pixels)
         if arr.ndim == 3:
             arr = arr[None]
@@ -62,11 +79,15 @@ class Preprocess:
             raise InputError(f"expected HxWx3 or NxHxWx3 pixels, got shape {arr.shape}")
         # Same operation order as torchvision (x/255 - m/255) / (s/255) would round differently by
         # ~1 ulp; we compute in float64 and round once, which stays within 1e-6 of it.
+        if self.channels == "BGR":
+            arr = arr[..., ::-1]
         x = (arr.astype(np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+        if self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=dtype)
 
     def __call__(self, image: ImageLike) -> np.ndarray:
-        """One image -> float32 tensor of shape (1, 3, crop, crop)."""
+        """One image -> float32 tensor of shape (1, 3, crop, crop), or (1, crop, crop, 3) for NHWC."""
         return self.normalize(self.pixels(image))
 
     def batch(self, images: Iterable[ImageLike]) -> np.ndarray:
@@ -109,13 +130,39 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def as_input_batch(x: np.ndarray | Sequence[ImageLike] | ImageLike, preprocess: Preprocess) -> np.ndarray:
-    """Accept a ready float NCHW/CHW tensor, or image(s), and return a float32 NCHW batch."""
+def batch_size(x: np.ndarray | dict[str, np.ndarray]) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def take(x: np.ndarray | dict[str, np.ndarray], start: int, stop: int) -> np.ndarray | dict[str, np.ndarray]:
+    """Rows start:stop of a batch (of every input, for several inputs)."""
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def as_input_batch(x: Any, preprocess: Preprocess, input_names: Sequence[str] | None = None
+                   ) -> np.ndarray | dict[str, np.ndarray]:
+    """A model input batch from what a user passes: a float array in the model's own input space
+    and layout (a 3-D image tensor gets its batch dimension), image(s) through `preprocess`, or,
+    for a model with several inputs, a dict input name -> array or a tuple in graph order."""
+    names = list(input_names or [])
+    if isinstance(x, (tuple, list)) and len(names) > 1 and len(x) == len(names) and all(isinstance(v, np.ndarray) for v in x):
+        x = dict(zip(names, x))
+    if isinstance(x, dict):
+        if names and set(x) != set(names):
+            raise InputError(f"the model takes inputs {names}; got {sorted(x)}")
+        arrays = {k: np.asarray(v) for k, v in x.items()}
+        sizes = {k: len(v) for k, v in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise InputError(f"inputs have different batch sizes: {sizes}")
+        return {k: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()}
+    if len(names) > 1:
+        raise InputError(f"the model takes {len(names)} inputs {names}: pass a dict by input name or a tuple in "
+                         "graph order")
     if isinstance(x, np.ndarray) and x.dtype.kind == "f":
         if x.ndim == 3:
             x = x[None]
-        if x.ndim != 4:
-            raise InputError(f"expected a float NCHW tensor, got shape {x.shape}")
+        if x.ndim < 2:
+            raise InputError(f"expected a float batch in the model's input layout, got shape {x.shape}")
         return np.ascontiguousarray(x, dtype=np.float32)
     if isinstance(x, (list, tuple)):
         return preprocess.batch(x)

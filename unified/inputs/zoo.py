@@ -91,10 +91,14 @@ def export_torch(module: object, input_shape: tuple[int, ...] = (1, 3, 224, 224)
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter warns about its own deprecation
+        example = torch.zeros(input_shape)
+        produced = module(example)  # type: ignore[operator]
+        count = len(produced) if isinstance(produced, (tuple, list)) else 1
+        outputs = ["logits"] if count == 1 else [f"output{i}" for i in range(count)]
+        axes = {name: {0: "N"} for name in ["input", *outputs]}
         torch.onnx.export(
-            module, torch.zeros(input_shape), buffer, dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None,
+            module, example, buffer, dynamo=False, opset_version=17,
+            input_names=["input"], output_names=outputs, dynamic_axes=axes if dynamic_batch else None,
         )
     model = onnx.load_from_string(buffer.getvalue())
     model = constants_to_initializers(model)

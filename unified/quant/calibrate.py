@@ -24,7 +24,7 @@ class TensorStats:
 
 
 def tapped_names(model: onnx.ModelProto) -> list[str]:
-    names = [graph_inputs(model)[0].name]
+    names = [i.name for i in graph_inputs(model)]
     for node in model.graph.node:
         names += [o for o in node.output if o]
     return names

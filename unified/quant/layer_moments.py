@@ -7,6 +7,8 @@ layer: we tap every layer input with ONNX Runtime, sample patches, and accumulat
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -22,6 +24,9 @@ MAX_POSITIONS = 512
 #: layers seeing fewer samples than this per patch element (a classifier fed 100 pooled vectors
 #: of 1280 values) keep nearest rounding: their moment is too noisy to optimize against
 MIN_SAMPLES_PER_INPUT = 4
+#: at most this many bytes of moments are accumulated in one pass over the calibration set; the
+#: layers of a large network (ResNet-50: 4608 x 4608 moments) are split over several passes
+MOMENT_BUDGET_BYTES = int(os.environ.get("UNIFIED_MOMENT_BUDGET_MB", "384")) * 2**20
 
 
 def _patches(node: onnx.NodeProto, kernel: tuple[int, ...], x: np.ndarray, positions: int,
@@ -87,8 +92,37 @@ def _per_row(node: onnx.NodeProto, rows: int) -> bool:
     return node.op_type == "Conv" and node_attributes(node).get("group", 1) == rows
 
 
+def _moment_bytes(node: onnx.NodeProto, dims: dict[str, tuple[int, ...]]) -> int:
+    """Bytes of a layer's float64 moment(s): groups x D x D, or one D x D per row when masked."""
+    w = dims[node.input[1]]
+    d = int(np.prod(w[1:]))
+    groups = node_attributes(node).get("group", 1) if node.op_type == "Conv" else 1
+    return 8 * d * d * max(groups, 1) * 2
+
+
 def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibration: CalibrationSet,
                   centered: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per layer (keyed by its output), the second moment of its fp32 input patches (see
+    `_input_moments`), over as many passes as `MOMENT_BUDGET_BYTES` needs."""
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    groups: list[list[onnx.NodeProto]] = [[]]
+    used = 0
+    for node in layers:
+        size = _moment_bytes(node, dims)
+        if groups[-1] and used + size > MOMENT_BUDGET_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(node)
+        used += size
+    moments: dict[str, np.ndarray] = {}
+    for index, group in enumerate(groups):
+        label = "layer moments" if len(groups) == 1 else f"layer moments {index + 1}/{len(groups)}"
+        moments.update(_input_moments(model, group, calibration, centered, seed, label))
+    return moments
+
+
+def _input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibration: CalibrationSet,
+                   centered: bool, seed: int, label: str) -> dict[str, np.ndarray]:
     """Per layer (keyed by its output), the second moment of its fp32 input patches: (groups, D, D);
     for a depthwise conv feeding a ReLU/ReLU6, one per output channel counting only active outputs.
 
@@ -117,8 +151,9 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
             active[node.output[0]] = bounds
     tapped = sorted(set(by_input) | set(active))
     batch = 4  # the tapped run holds every layer input of a batch at once: 4 images keep that small
-    ticker = iter(progress(range(-(-len(calibration) // batch)), -(-len(calibration) // batch), "layer moments",
+    ticker = iter(progress(range(-(-len(calibration) // batch)), -(-len(calibration) // batch), label,
                            f"{len(calibration)} images"))
+    skipped: set[str] = set()
 
     def consume(values: dict[str, np.ndarray]) -> None:
         next(ticker, None)
@@ -126,8 +161,13 @@ def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibrat
             x = values[name]
             for node in by_input[name]:
                 key = node.output[0]
+                if key in skipped:
+                    continue
                 kernel = dims[node.input[1]][2:]
                 xs, (rows, cols) = _patches(node, kernel, x, _positions_per_image(node, kernel, x), rng)
+                if xs.shape[3] * len(calibration) < MIN_SAMPLES_PER_INPUT * xs.shape[2]:
+                    skipped.add(key)  # too few samples over the whole set: not worth accumulating
+                    continue
                 # xs: (N, g, D, P) float32; products per image (batched BLAS), float64 across batches
                 firsts[key] = firsts.get(key, 0) + xs.sum(axis=(0, 3), dtype=np.float64)
                 counts[key] = counts.get(key, 0) + xs.shape[0] * xs.shape[3]

@@ -33,7 +33,8 @@ class BuildOptions:
     bias_correction: bool = False
     equalization: bool = False
     adaptive_rounding: bool = False     # output-aware up/down rounding of weights (weight_rounding)
-    float_fallback: tuple[str, ...] = ()
+    float_fallback: tuple[str, ...] = ()  # op types to run in float whatever the engine supports
+    strict: bool = False                  # refuse (rather than run in float) what the engine cannot express
 
 
 def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
@@ -109,4 +110,5 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
     stats = collect(prepared, calibration, options.range_method) if given is None else None
     given_params = {name: scheme.params(scale, zp) for name, (scale, zp) in given.items()} if given else None
     return lower(prepared, scheme, range_source(scheme, options, stats),
-                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given_params)
+                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given_params,
+                 strict=options.strict)

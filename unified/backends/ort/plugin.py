@@ -41,16 +41,24 @@ class OrtArtifact:
                     self._input_name = self._session.get_inputs()[0].name
         return self._session
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    @property
+    def fixed_batch(self) -> int | None:
+        batch = self.session.get_inputs()[0].shape[0]
+        return batch if isinstance(batch, int) and batch > 0 else None
+
+    def run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         session = self.session
         try:
-            return session.run(None, {self._input_name: x})[0]
+            outputs = session.run(None, x if isinstance(x, dict) else {self._input_name: x})
+            if len(outputs) == 1:
+                return outputs[0]
+            return {o.name: v for o, v in zip(session.get_outputs(), outputs)}
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-            expected = session.get_inputs()[0]
-            raise InputError(
-                f"ort: input of shape {x.shape} dtype {x.dtype} does not fit the model's input "
-                f"{expected.name!r} {expected.shape} {expected.type}: {str(exc).splitlines()[0]}"
-            ) from exc
+            expected = ", ".join(f"{i.name!r} {i.shape} {i.type}" for i in session.get_inputs())
+            given = ({k: f"shape {v.shape} {v.dtype}" for k, v in x.items()} if isinstance(x, dict)
+                     else f"shape {x.shape} dtype {x.dtype}")
+            raise InputError(f"ort: input of {given} does not fit the model's inputs {expected}: "
+                             f"{str(exc).splitlines()[0]}") from exc
 
     def to_files(self) -> tuple[dict[str, bytes], dict[str, Any]]:
         return {"model.onnx": self.model_bytes}, {"mode": self.mode}
@@ -94,8 +102,12 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
 
 
 @hookimpl
-def unified_quantize_input(backend: str, artifact: OrtArtifact, batch: np.ndarray) -> np.ndarray | None:
-    return np.ascontiguousarray(batch, dtype=np.float32) if backend == NAME else None
+def unified_quantize_input(backend: str, artifact: OrtArtifact, batch):
+    if backend != NAME:
+        return None
+    if isinstance(batch, dict):
+        return {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in batch.items()}
+    return np.ascontiguousarray(batch, dtype=np.float32)
 
 
 @hookimpl
@@ -104,5 +116,5 @@ def unified_infer(backend: str, artifact: OrtArtifact, inputs: np.ndarray) -> np
 
 
 @hookimpl
-def unified_dequantize_output(backend: str, artifact: OrtArtifact, outputs: np.ndarray) -> np.ndarray | None:
+def unified_dequantize_output(backend: str, artifact: OrtArtifact, outputs):
     return outputs if backend == NAME else None

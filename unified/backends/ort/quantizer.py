@@ -48,7 +48,9 @@ class _Reader(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         tensor = next(self._tensors, None)
-        return None if tensor is None else {self._input_name: tensor}
+        if tensor is None:
+            return None
+        return tensor if isinstance(tensor, dict) else {self._input_name: tensor}
 
 
 def _choice(options: dict[str, Any], key: str, table: dict[str, Any], default: str) -> Any:

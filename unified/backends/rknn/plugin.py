@@ -6,7 +6,9 @@ Options (RKNN's `config()` names where they exist):
   mean_values, std_values   pixel-unit normalization folded into the int8 input
                             (default: the model's own preprocessing)
   bias_correction      True (default): correct biases for weight rounding (Nagel et al. 2019)
-  float_fallback       op types to run in float on the CPU instead of failing
+  float_fallback       op types to run in float on the CPU even where the engine could run them
+  strict               False (default): what the engine cannot express runs in float, recorded in
+                       `qm.float_nodes`; True: refuse it, naming every such node in one message
 
 `normal` is RKNN's min-max. `mmse` here is unified's own fast variant: activation ranges that
 minimize expected squared error over a 2048-bin histogram and per-channel weight ranges shrunk to
@@ -37,7 +39,7 @@ ALGORITHMS = {
     "kl_divergence": ("kl", "minmax"),
 }
 KNOWN_OPTIONS = {"mode", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
-                 "bias_correction", "float_fallback"}
+                 "bias_correction", "float_fallback", "strict"}
 
 
 @hookimpl
@@ -51,34 +53,34 @@ def unified_register_backends(register) -> None:
 @hookimpl
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
                      options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
-    if backend != NAME:
-        return None
-    reject_unknown_options(NAME, options, KNOWN_OPTIONS)
+    reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
     algorithm = option_choice(NAME, options, "quantized_algorithm", ALGORITHMS, "mmse")
     method = option_choice(NAME, options, "quantized_method", ("channel", "layer"), "channel")
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
                          bias_correction=bool(options.get("bias_correction", True)),
-                         float_fallback=tuple(options.get("float_fallback", ())))
+                         float_fallback=tuple(options.get("float_fallback", ())),
+                         strict=bool(options.get("strict", False)))
     pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
     graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
-    return IntegerArtifact(graph, "NHWC", {"mean": list(pre.mean), "std": list(pre.std),
-                                           "quantized_algorithm": algorithm, "quantized_method": method})
+    return IntegerArtifact(graph, "NHWC", {"preprocess": pre.to_json(), "quantized_algorithm": algorithm,
+                                           "quantized_method": method}, model_layout=pre.layout)
 
 
 @hookimpl
 def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.ndarray) -> np.ndarray | None:
-    """uint8 NHWC pixels (RKNN's native camera input) or a float NCHW batch -> int8 NHWC."""
+    """uint8 NHWC RGB pixels (RKNN's native camera input) or a float batch in the model's layout
+    -> int8 NHWC. Pixels are normalized in float64, so the folded mean/std quantize exactly."""
     if backend != NAME:
         return None
+    if isinstance(batch, dict):  # several inputs: each in the model's own space
+        return artifact.quantize_float(batch)
     if batch.dtype == np.uint8:
         if batch.ndim == 3:
             batch = batch[None]
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise InputError(f"rknn: uint8 input must be NHWC RGB pixels, got shape {batch.shape}")
-        mean = np.asarray(artifact.extra["mean"]).reshape(1, 3, 1, 1)
-        std = np.asarray(artifact.extra["std"]).reshape(1, 3, 1, 1)
-        batch = (batch.transpose(0, 3, 1, 2).astype(np.float64) - mean) / std
+        batch = Preprocess.from_json(artifact.extra["preprocess"]).normalize(batch, np.float64)
     return artifact.quantize_float(batch)
 
 

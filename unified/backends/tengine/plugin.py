@@ -8,7 +8,9 @@ Options:
   rounding         "adaptive" (default): each weight rounded up or down to keep its layer's output
                    (AdaRound's objective); "nearest": Tengine's own round-to-nearest
   scale_file       build from a `<tensor> <scale> <zero_point>` table instead of calibrating
-  float_fallback   op types to run in float instead of failing
+  float_fallback   op types to run in float even where the engine could run them
+  strict           False (default): what the engine cannot express runs in float (`qm.float_nodes`);
+                   True: refuse it, naming every such node in one message
 
 Like a Tengine application, `quantize_input` turns the normalized float input into uint8 with
 the input tensor's scale and zero point, `u8 = clip(round(x / s + z), 0, 255)`, and
@@ -37,7 +39,7 @@ NAME = "tengine"
 ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}
 ROUNDINGS = ("adaptive", "nearest")
 KNOWN_OPTIONS = {"mode", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
-                 "float_fallback"}
+                 "float_fallback", "strict"}
 
 
 def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
@@ -58,9 +60,7 @@ def unified_register_backends(register) -> None:
 @hookimpl
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
                      options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
-    if backend != NAME:
-        return None
-    reject_unknown_options(NAME, options, KNOWN_OPTIONS)
+    reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
     algorithm = option_choice(NAME, options, "algorithm", ALGORITHMS, "minmax")
     rounding = option_choice(NAME, options, "rounding", ROUNDINGS, "adaptive")
     scale_file = options.get("scale_file")
@@ -69,13 +69,14 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          bias_correction=bool(options.get("bias_correction", True)),
                          equalization=bool(options.get("equalization", False)),
                          adaptive_rounding=rounding == "adaptive",
-                         float_fallback=tuple(options.get("float_fallback", ())))
+                         float_fallback=tuple(options.get("float_fallback", ())),
+                         strict=bool(options.get("strict", False)))
     scale = options.get("scale")  # Tengine's -s multiplies: std is its inverse
     pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     graph = build_integer_graph(model, calibration, TengineScheme(symmetric=algorithm == "aciq"), build, None, given)
-    return IntegerArtifact(graph, "NCHW", {"mean": list(pre.mean), "std": list(pre.std),
-                                           "algorithm": algorithm, "rounding": rounding})
+    return IntegerArtifact(graph, pre.layout, {"preprocess": pre.to_json(), "algorithm": algorithm,
+                                               "rounding": rounding}, model_layout=pre.layout)
 
 
 def write_scale_file(artifact: IntegerArtifact, path: str | os.PathLike) -> None:
@@ -89,6 +90,8 @@ def write_scale_file(artifact: IntegerArtifact, path: str | os.PathLike) -> None
 def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.ndarray) -> np.ndarray | None:
     if backend != NAME:
         return None
+    if isinstance(batch, dict):  # several inputs: each in the model's own space
+        return artifact.quantize_float(batch)
     if batch.dtype == np.uint8:
         raise InputError("tengine: quantize_input takes the normalized float tensor ((pixel - mean) * scale), "
                          "not uint8 pixels; pass raw uint8 tensors to run_quantized")

@@ -68,6 +68,8 @@ class LoweringContext:
         self.tensors: dict[str, QuantParams] = {}
         self.nodes: list[IntNode] = []
         self.fallback_models: dict[str, bytes] = {}
+        self.float_reasons: dict[str, str] = {}    # node key -> why it runs in float
+        self.float_produced: set[str] = set()      # tensors a float node produces (float domain)
         self.fused: set[str] = set()
 
     def _shapes(self) -> dict[str, list[int]]:
@@ -99,12 +101,30 @@ class LoweringContext:
         return self.params_from_range(*self.ranges.activation(name))
 
     def q(self, name: str) -> QuantParams:
-        """Parameters of an operand: already lowered, or a constant quantized on first use."""
+        """Parameters of an operand: already lowered, a constant quantized on first use, or the
+        output of a float node, quantized where it enters the integer graph."""
         if name not in self.tensors:
             if name in self.inits:
                 return self.constant(name)
+            if name in self.float_produced:
+                try:
+                    self.tensors[name] = self.calibrated(name)
+                except ModelError:  # not a float tensor (shapes, indices): it cannot be quantized
+                    raise UnsupportedOperatorError(f"input {name!r} is not a quantizable float tensor") from None
+                return self.tensors[name]
             raise ModelError(f"tensor {name!r} is used before it is produced")
         return self.tensors[name]
+
+    def checkpoint(self) -> tuple[int, set[str], set[str]]:
+        """What to restore if a lowering gives up half-way (it then runs in float)."""
+        return len(self.nodes), set(self.tensors), set(self.fused)
+
+    def restore(self, mark: tuple[int, set[str], set[str]]) -> None:
+        count, tensors, fused = mark
+        del self.nodes[count:]
+        for name in set(self.tensors) - tensors:
+            del self.tensors[name]
+        self.fused = fused
 
     def constant(self, name: str) -> QuantParams:
         """Quantize a constant operand (of Add, Mul, Concat) as a tensor of its own."""
