@@ -202,18 +202,19 @@ def _model_with_op(op: str) -> onnx.ModelProto:
 
 
 def test_strict_refuses_an_unsupported_op_naming_it(tiny_calibration) -> None:
-    with pytest.raises(unified.UnsupportedOperatorError, match=r"Erf x1 \('strange_node': no integer kernel for Erf\)"):
-        unified.quantize(_model_with_op("Erf"), backend="rknn", calibration=tiny_calibration[:2], preprocess=PRE16,
+    with pytest.raises(unified.UnsupportedOperatorError,
+                       match=r"LpNormalization x1 \('strange_node': no integer kernel for LpNormalization\)"):
+        unified.quantize(_model_with_op("LpNormalization"), backend="rknn", calibration=tiny_calibration[:2], preprocess=PRE16,
                          strict=True)
 
 
 @pytest.mark.parametrize("backend", ["rknn", "tengine"])
 def test_an_unsupported_op_runs_in_float_on_its_own_and_is_recorded(backend, tiny_calibration, tiny_batch) -> None:
-    model = _model_with_op("Erf")
+    model = _model_with_op("LpNormalization")
     calibration = list(tiny_calibration) + [tiny_batch[i:i + 1] for i in range(4)]
     qm = unified.quantize(model, backend=backend, calibration=calibration, preprocess=PRE16)
-    assert qm.float_nodes == {"strange_node": "no integer kernel for Erf"}
-    assert [n.source for n in qm.artifact.graph.nodes if n.op == "float"] == ["Erf(float)"]
+    assert qm.float_nodes == {"strange_node": "no integer kernel for LpNormalization"}
+    assert [n.source for n in qm.artifact.graph.nodes if n.op == "float"] == ["LpNormalization(float)"]
     ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
     np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)
 
@@ -228,11 +229,11 @@ def test_float_fallback_option_forces_a_supported_op_to_float(tiny_calibration, 
 
 
 def _model_with_float_island() -> onnx.ModelProto:
-    """Conv -> [Erf, ArgMax -> Cast (a float island)] -> Add -> GlobalAveragePool: the island's int64
+    """Conv -> [LpNormalization, ArgMax -> Cast (a float island)] -> Add -> GlobalAveragePool: the island's int64
     tensor needs no calibration; only its float outputs enter the integer graph."""
     w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Erf", ["c"], ["e"], name="erf"),
+             helper.make_node("LpNormalization", ["c"], ["e"], name="norm", axis=1),
              helper.make_node("ArgMax", ["e"], ["idx"], name="argmax", axis=1, keepdims=1),
              helper.make_node("Cast", ["idx"], ["idx_f"], name="cast", to=TensorProto.FLOAT),
              helper.make_node("Mul", ["idx_f", "tenth"], ["scaled"], name="scale"),
@@ -251,7 +252,7 @@ def test_float_island_needs_no_statistics_for_shape_tensors(tiny_calibration, ti
     qm = unified.quantize(model, backend="rknn", calibration=calibration, preprocess=PRE16)
     ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
     np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)
-    assert qm.float_nodes == {"erf": "no integer kernel for Erf", "argmax": "no integer kernel for ArgMax",
+    assert qm.float_nodes == {"norm": "no integer kernel for LpNormalization", "argmax": "no integer kernel for ArgMax",
                               "cast": "no integer kernel for Cast"}
     integer_inputs = {i for n in qm.artifact.graph.nodes if n.op != "float" for i in n.inputs}
     assert "idx" not in qm.artifact.graph.tensors and "idx" not in integer_inputs
@@ -309,3 +310,66 @@ def test_dataset_txt_calibration(tmp_path, tiny_model) -> None:
     (tmp_path / "dataset.txt").write_text("\n".join(lines) + "\n")
     qm = unified.quantize(tiny_model, backend="rknn", calibration=str(tmp_path / "dataset.txt"), preprocess=PRE16)
     assert qm.run(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("op", ["Erf", "Gelu", "Mish", "Softplus", "Elu"])
+@pytest.mark.parametrize("backend", ["rknn", "tengine"])
+def test_unary_functions_are_integer_tables_checked_by_the_oracle(op, backend, tiny_calibration, tiny_batch) -> None:
+    model = _model_with_op(op)
+    model.opset_import[0].version = 20  # Gelu is opset 20
+    qm = unified.quantize(model, backend=backend, calibration=tiny_calibration, preprocess=PRE16)
+    assert qm.float_nodes == {}
+    assert [n.source for n in qm.artifact.graph.nodes if n.op == "lut"] == [op]
+    x = qm.artifact.to_model(qm.quantize_input(tiny_batch))
+    for layer in layer_agreement(qm.artifact.graph, x):
+        assert layer.within_one_step >= 0.999, str(layer)
+
+
+def _upsampling_model(mode: str, coords: str, nearest: str) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "", "scales"], ["up"], name="up", mode=mode,
+                              coordinate_transformation_mode=coords, nearest_mode=nearest),
+             helper.make_node("Conv", ["up", "w2"], ["logits"], name="conv2", pads=[1, 1, 1, 1])]
+    w2 = numpy_helper.from_array(np.random.default_rng(1).normal(0, 0.3, (2, 4, 3, 3)).astype(np.float32), "w2")
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, 32, 32])], [w, w2, scales])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("coords, nearest", [("asymmetric", "floor"), ("half_pixel", "round_prefer_floor")])
+def test_nearest_upsampling_is_integer_and_matches_onnx(coords, nearest, tiny_calibration, tiny_batch) -> None:
+    model = _upsampling_model("nearest", coords, nearest)
+    qm = unified.quantize(model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16)
+    assert qm.float_nodes == {}
+    assert "upsample_nearest" in [n.op for n in qm.artifact.graph.nodes]
+    x = qm.artifact.to_model(qm.quantize_input(tiny_batch))
+    for layer in layer_agreement(qm.artifact.graph, x):
+        assert layer.within_one_step >= 0.999, str(layer)
+
+
+def test_bilinear_upsampling_runs_in_float_and_says_why(tiny_calibration) -> None:
+    qm = unified.quantize(_upsampling_model("linear", "half_pixel", "round_prefer_floor"), backend="rknn",
+                          calibration=tiny_calibration, preprocess=PRE16)
+    assert list(qm.float_nodes) == ["up"] and "only nearest upsampling" in qm.float_nodes["up"]
+
+
+def test_sub_and_div_by_constants_run_as_integer_add_and_mul(tiny_calibration, tiny_batch) -> None:
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    mean = numpy_helper.from_array(np.array([0.1, -0.2, 0.3, 0.0], np.float32).reshape(1, 4, 1, 1), "mean")
+    std = numpy_helper.from_array(np.array([0.5, 2.0, 1.5, 1.0], np.float32).reshape(1, 4, 1, 1), "std")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["c", "mean"], ["s"], name="sub"),
+             helper.make_node("Div", ["s", "std"], ["d"], name="div"),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["logits"], name="flat")]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w, mean, std])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calibration = list(tiny_calibration) + [tiny_batch[i:i + 1] for i in range(4)]
+    qm = unified.quantize(model, backend="rknn", calibration=calibration, preprocess=PRE16)
+    assert qm.float_nodes == {}
+    assert [n.source for n in qm.artifact.graph.nodes if n.op in ("add", "mul")] == ["Add", "Mul"]
+    ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
+    np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)

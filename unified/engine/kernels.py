@@ -190,7 +190,9 @@ def concat(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -
 
 def global_avg(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     x = inputs[0]
-    total = x.astype(np.int64).sum(axis=(2, 3), keepdims=node.attrs["keepdims"]) - node.attrs["zx"] * (x.shape[2] * x.shape[3])
+    axes = tuple(node.attrs.get("axes", (2, 3)))
+    count = int(np.prod([x.shape[a] for a in axes]))
+    total = x.astype(np.int64).sum(axis=axes, keepdims=node.attrs["keepdims"]) - node.attrs["zx"] * count
     if tap is not None:
         tap(node.name, "accumulator", total)
     return [_out(mbqm(total, node.arrays["mult"], node.arrays["shift"], g.rounding) + node.attrs["zo"], g)]
@@ -323,8 +325,24 @@ def pad(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> l
     return [np.pad(x, [(p[i], p[i + r]) for i in range(r)], constant_values=node.attrs["value"])]
 
 
+def matmul(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    """Two activations: centred 8-bit values, products summed exactly. float64 BLAS is exact while
+    inner * 255^2 < 2^53 (any realistic inner size); the sums are then converted to int64."""
+    a = inputs[0].astype(np.float64) - node.attrs["za"]
+    b = inputs[1].astype(np.float64) - node.attrs["zb"]
+    acc = np.matmul(a, b).astype(np.int64)
+    if tap is not None:
+        tap(node.name, "accumulator", acc)
+    return [_out(mbqm(acc, node.arrays["mult"], node.arrays["shift"], g.rounding) + node.attrs["zo"], g)]
+
+
+def upsample_nearest(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    fh, fw = node.attrs["factors"]
+    return [np.repeat(np.repeat(inputs[0], fh, axis=2), fw, axis=3)]
+
+
 def const(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
-    return [node.arrays["value"].astype(g.dtype)]
+    return [np.asarray(node.arrays["value"]).astype(g.dtype)]
 
 
 def float_fallback(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
@@ -346,5 +364,5 @@ KERNELS: dict[str, Kernel] = {
     "global_avg": global_avg, "avgpool": avgpool, "maxpool": maxpool, "clamp": clamp, "lut": lut,
     "softmax": softmax, "reshape": reshape, "flatten": flatten, "transpose": transpose,
     "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "slice": slice_, "pad": pad, "const": const,
-    "float": float_fallback,
+    "float": float_fallback, "upsample_nearest": upsample_nearest, "matmul": matmul,
 }

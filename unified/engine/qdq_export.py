@@ -96,7 +96,10 @@ class _Builder:
             y = self.act_clip(y, node, out)
         elif op == "gemm":
             w, b = self.weights(node, self.g.tensors[node.inputs[0]].scale)
-            self.nodes.append(helper.make_node("Gemm", [ins[0], w, b], [y], transB=1))
+            wt, prod = self.uid("wt"), self.uid("prod")  # MatMul + Add: also right for N-D inputs
+            self.nodes.append(helper.make_node("Transpose", [w], [wt], perm=[1, 0]))
+            self.nodes.append(helper.make_node("MatMul", [ins[0], wt], [prod]))
+            self.nodes.append(helper.make_node("Add", [prod, b], [y]))
             y = self.act_clip(y, node, out)
         elif op in ("add", "mul"):
             self.nodes.append(helper.make_node("Add" if op == "add" else "Mul", ins, [y]))
@@ -105,10 +108,9 @@ class _Builder:
         elif op == "concat":
             self.nodes.append(helper.make_node("Concat", ins, [y], axis=a["axis"]))
         elif op == "global_avg":
-            if a["keepdims"]:
-                self.nodes.append(helper.make_node("GlobalAveragePool", ins, [y]))
-            else:
-                self.nodes.append(helper.make_node("ReduceMean", [ins[0], self.const(np.array([2, 3], np.int64), "axes")], [y], keepdims=0))
+            axes = np.array(a.get("axes", [2, 3]), np.int64)
+            self.nodes.append(helper.make_node("ReduceMean", [ins[0], self.const(axes, "axes")], [y],
+                                               keepdims=int(bool(a["keepdims"]))))
         elif op == "avgpool":
             self.nodes.append(helper.make_node("AveragePool", ins, [y], kernel_shape=a["kernel"], strides=a["strides"],
                                                pads=a["pads"], ceil_mode=a.get("ceil_mode", 0),
@@ -148,6 +150,11 @@ class _Builder:
             value = np.float32((a["value"] - t.zero_point) * t.scale)
             self.nodes.append(helper.make_node("Pad", [ins[0], self.const(np.array(a["pads"], np.int64), "pads"),
                                                        self.const(value, "pv")], [y]))
+        elif op == "matmul":
+            self.nodes.append(helper.make_node("MatMul", ins, [y]))
+        elif op == "upsample_nearest":
+            scales = np.array([1, 1, *a["factors"]], np.float32)
+            self.nodes.append(helper.make_node("Resize", [ins[0], "", self.const(scales, "scales")], [y], **a["onnx_attrs"]))
         elif op == "float":
             sub = onnx.load_from_string(self.g.float_fallback[node.name])
             fnode = onnx.NodeProto()

@@ -133,6 +133,29 @@ def _matmul_to_gemm(model: onnx.ModelProto) -> None:
                 node.op_type = "Gemm"
 
 
+def _constant_arithmetic_to_add_mul(model: onnx.ModelProto) -> None:
+    """x - c -> x + (-c) and x / c -> x * (1/c), so the integer Add and Mul cover them (normalization
+    layers written as Sub/Div, as old exports do)."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in ("Sub", "Div") or len(node.input) != 2:
+            continue
+        x, c = node.input
+        if c not in inits or x in inits:
+            continue
+        value = numpy_helper.to_array(inits[c])
+        if value.dtype.kind != "f" or (node.op_type == "Div" and not np.all(value != 0)):
+            continue
+        name = f"{c}__{'neg' if node.op_type == 'Sub' else 'inv'}"
+        if name not in inits:
+            replaced = numpy_helper.from_array((-value if node.op_type == "Sub" else 1 / value).astype(value.dtype), name)
+            graph.initializer.append(replaced)
+            inits[name] = replaced
+        node.op_type = "Add" if node.op_type == "Sub" else "Mul"
+        node.input[1] = name
+
+
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """A prepared copy of `model`: same function, fewer and simpler nodes."""
     out = onnx.ModelProto()
@@ -141,6 +164,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     _drop_noops(out)
     _fold_batchnorm(out)
     _fold_pads(out)
+    _constant_arithmetic_to_add_mul(out)
     out = onnx.shape_inference.infer_shapes(out)
     _matmul_to_gemm(out)
     used = {n for node in out.graph.node for n in node.input}

@@ -1,9 +1,9 @@
 """Non-linear activations as 256-entry lookup tables, and the integer Softmax.
 
-Sigmoid, Tanh, HardSigmoid, HardSwish and LeakyRelu map each of the 256 input levels through the
-float function once, at build time, as NPUs do; outputs with a fixed range (Sigmoid [0, 1], Tanh
-[-1, 1]) take it instead of calibration. Softmax (only as the graph's last op) uses an exp table
-with 20 fractional bits and the scheme's fixed output parameters.
+Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu and the other one-input functions map each of
+the 256 input levels through the float function once, at build time, as NPUs do; outputs with a
+fixed range (Sigmoid [0, 1], Tanh [-1, 1]) take it instead of calibration. Softmax (on any axis)
+uses an exp table with 20 fractional bits and the scheme's fixed output parameters.
 """
 from __future__ import annotations
 
@@ -24,11 +24,28 @@ LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
     "LeakyRelu": lambda x, a: np.where(x >= 0, x, a.get("alpha", 0.01) * x),
 }
+#: other element-wise functions of one input, defined for every real: their table is computed by
+#: ONNX's own reference evaluator at build time (so each means exactly what ONNX says)
+REFERENCE_UNARY = ("Erf", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
+                   "Abs", "Neg", "Exp", "Sin", "Cos", "Atan", "Sinh", "Cosh", "Asinh")
 FIXED_RANGES = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 EXP_FRACTION_BITS = 20
 
 
-@lowers(*LUT_FUNCTIONS)
+def reference_values(ctx: LoweringContext, node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
+    """`node`'s op applied to `x` by onnx.reference (same attributes, same opset as the model)."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    single = helper.make_node(node.op_type, ["x"], ["y"], domain=node.domain)
+    single.attribute.extend(node.attribute)
+    graph = helper.make_graph([single], "lut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(x)])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [len(x)])])
+    model = helper.make_model(graph, opset_imports=ctx.model.opset_import)
+    return np.asarray(ReferenceEvaluator(model).run(None, {"x": x.astype(np.float32)})[0], np.float64)
+
+
+@lowers(*LUT_FUNCTIONS, *REFERENCE_UNARY)
 def lower_lookup_table(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     x = node.input[0]
     tx = ctx.q(x)
@@ -36,7 +53,13 @@ def lower_lookup_table(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     given = node.output[0] in ctx.given or ctx.ranges.activation is None
     to = ctx.params_from_range(*fixed) if fixed and not given else ctx.calibrated(node.output[0])
     levels = np.arange(ctx.scheme.qmin, ctx.scheme.qmax + 1)
-    y = LUT_FUNCTIONS[node.op_type]((levels - tx.zero_point) * tx.scale, node_attributes(node))
+    x_levels = (levels - tx.zero_point) * tx.scale
+    if node.op_type in LUT_FUNCTIONS:
+        y = LUT_FUNCTIONS[node.op_type](x_levels, node_attributes(node))
+    else:
+        y = reference_values(ctx, node, x_levels)
+    if not np.isfinite(y).all():
+        raise UnsupportedOperatorError(f"{node.op_type} node {node_key(node)!r}: not finite on the input's range")
     table = np.clip(ctx.scheme.rounding.round(y / to.scale) + to.zero_point, ctx.scheme.qmin, ctx.scheme.qmax)
     ctx.emit("lut", node, [x], [node.output[0]], node.op_type,
              {"offset": -ctx.scheme.qmin, "onnx_attrs": node_attributes(node)}, {"table": table.astype(np.int64)}, to)
@@ -44,8 +67,7 @@ def lower_lookup_table(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 @lowers("Softmax")
 def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
-    if node.output[0] not in ctx.outputs:
-        raise UnsupportedOperatorError(f"Softmax node {node_key(node)!r}: only a final Softmax is supported")
+    # (the front end raised the opset to >= 13, where Softmax normalizes along one axis, as the kernel does)
     x = node.input[0]
     tx = ctx.q(x)
     to = ctx.given.get(node.output[0], ctx.scheme.softmax_output())

@@ -131,7 +131,8 @@ class LoweringContext:
         value = self.inits[name].astype(np.float64)
         tq = self.params_from_range(float(value.min()), float(value.max()))
         qv = np.clip(self.scheme.rounding.round(value / tq.scale) + tq.zero_point, self.scheme.qmin, self.scheme.qmax)
-        self.nodes.append(IntNode("const", f"const:{name}", [], [name], "Constant", {}, {"value": qv.astype(np.int64)}))
+        self.nodes.append(IntNode("const", f"const:{name}", [], [name], "Constant", {},
+                                  {"value": np.asarray(qv).astype(np.int64)}))
         self.tensors[name] = tq
         return tq
 

@@ -18,6 +18,9 @@ from unified.graph.onnx_model import gemm_weight_rows, node_attributes
 
 @lowers("Conv", "Gemm", "MatMul")
 def lower_weighted(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] not in ctx.inits:
+        lower_activation_matmul(ctx, node)
+        return
     if len(node.input) < 2 or node.input[1] not in ctx.inits:
         raise UnsupportedOperatorError(f"{node.op_type} node {node_key(node)!r}: weights must be constant")
     x = node.input[0]
@@ -64,3 +67,17 @@ def lower_weighted(ctx: LoweringContext, node: onnx.NodeProto) -> None:
               "w_zero_point": zw.astype(np.int64), "w_scale": sw.astype(np.float64)}
     ctx.emit(op, node, [x], [out_name], source, attrs, arrays, to)
     ctx.fuse(act)
+
+
+def lower_activation_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """A @ B of two activations (attention's Q K^T and P V), batched over leading axes:
+    acc = sum((a - za)(b - zb)) exactly in int64, requantized once by s_a * s_b / s_out."""
+    ta, tb = ctx.q(node.input[0]), ctx.q(node.input[1])
+    shape_b = ctx.shapes.get(node.input[1])
+    if not shape_b or len(shape_b) < 2 or shape_b[-2] <= 0:
+        raise UnsupportedOperatorError(f"MatMul node {node_key(node)!r} needs the inner dimension's size")
+    to = ctx.calibrated(node.output[0])
+    m, s = multiplier(ta.scale * tb.scale / to.scale)
+    ctx.emit("matmul", node, list(node.input), [node.output[0]], "MatMul",
+             {"za": ta.zero_point, "zb": tb.zero_point, "zo": to.zero_point, "inner": int(shape_b[-2])},
+             {"mult": m, "shift": s}, to)

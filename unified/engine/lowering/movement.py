@@ -74,6 +74,40 @@ def lower_slice(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     _keep_params(ctx, node, "slice", {"starts": starts, "ends": ends, "axes": axes, "steps": steps})
 
 
+#: (coordinate_transformation_mode, nearest_mode) pairs under which nearest Resize by an integer
+#: factor s maps output o to input o // s (so it is np.repeat): "asymmetric" floors o / s;
+#: "half_pixel" rounds (o + 0.5) / s - 0.5, which is never a tie for integer s
+REPEAT_MODES = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"), ("half_pixel", "round_prefer_ceil"),
+                ("pytorch_half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil")}
+
+
+@lowers("Resize")
+def lower_resize(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Nearest upsampling by integer factors on H and W: every output is an input value, so the
+    output keeps the input's params (bilinear and fractional scales run in float)."""
+    a = node_attributes(node)
+    mode = a.get("mode", "nearest")
+    coords = a.get("coordinate_transformation_mode", "half_pixel")
+    nearest = a.get("nearest_mode", "round_prefer_floor")
+    if mode != "nearest" or (coords, nearest) not in REPEAT_MODES:
+        raise UnsupportedOperatorError(f"Resize node {node_key(node)!r}: only nearest upsampling by integer "
+                                       f"factors is integer (got mode={mode}, {coords}/{nearest})")
+    shape = ctx.shapes.get(node.input[0])
+    scales = None
+    if len(node.input) > 2 and node.input[2] and node.input[2] in ctx.inits and ctx.inits[node.input[2]].size:
+        scales = [float(v) for v in ctx.inits[node.input[2]]]
+    elif len(node.input) > 3 and node.input[3] in ctx.inits and shape and min(shape) > 0:
+        sizes = ctx.inits[node.input[3]].astype(int).tolist()
+        scales = [o / i for o, i in zip(sizes, shape)]
+    if (scales is None or len(scales) != 4 or scales[:2] != [1.0, 1.0]
+            or any(s < 1 or s != int(s) for s in scales[2:])):
+        raise UnsupportedOperatorError(f"Resize node {node_key(node)!r}: scales {scales} are not integer factors "
+                                       "on H and W")
+    _keep_params(ctx, node, "upsample_nearest", {"factors": [int(scales[2]), int(scales[3])],
+                                                 "onnx_attrs": {"mode": mode, "coordinate_transformation_mode": coords,
+                                                                "nearest_mode": nearest}})
+
+
 @lowers("Pad")
 def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     mode = node_attributes(node).get("mode", "constant")

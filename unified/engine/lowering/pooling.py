@@ -28,21 +28,25 @@ def lower_global_average(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     a = node_attributes(node)
     x = node.input[0]
     tx = ctx.q(x)
+    shape = ctx.shapes.get(x)
+    axes = [2, 3]
     if node.op_type == "ReduceMean":
-        axes = a.get("axes")
-        if axes is None and len(node.input) > 1:
-            axes = ctx.constant_ints(node.input[1])
-        rank = len(ctx.shapes.get(x) or [0] * 4)
-        axes = sorted(ax % rank for ax in (axes or []))
-        if axes != [2, 3]:
-            raise UnsupportedOperatorError(f"ReduceMean node {node_key(node)!r}: only axes [2, 3] are supported, got {axes}")
-    shape = _spatial_shape(ctx, node)
+        given = a.get("axes")
+        if given is None and len(node.input) > 1:
+            given = ctx.constant_ints(node.input[1])
+        if not shape:
+            raise UnsupportedOperatorError(f"ReduceMean node {node_key(node)!r} needs a known input shape")
+        axes = sorted(ax % len(shape) for ax in (given if given is not None else range(len(shape))))
+        if 0 in axes:
+            raise UnsupportedOperatorError(f"ReduceMean node {node_key(node)!r}: reducing over the batch is not supported")
+    if not shape or any(shape[ax] <= 0 for ax in axes):
+        raise UnsupportedOperatorError(f"{node.op_type} node {node_key(node)!r} needs known sizes on the reduced axes")
     to = ctx.calibrated(node.output[0])
-    count = int(np.prod(shape[2:]))
+    count = int(np.prod([shape[ax] for ax in axes]))
     m, s = multiplier(tx.scale / (count * to.scale))
     keep = node.op_type == "GlobalAveragePool" or bool(a.get("keepdims", 1))
     ctx.emit("global_avg", node, [x], [node.output[0]], node.op_type,
-             {"zx": tx.zero_point, "zo": to.zero_point, "keepdims": keep}, {"mult": m, "shift": s}, to)
+             {"zx": tx.zero_point, "zo": to.zero_point, "keepdims": keep, "axes": axes}, {"mult": m, "shift": s}, to)
 
 
 def _window_counts(h: int, w: int, kernel: list[int], strides: list[int], pads: list[int],
