@@ -373,3 +373,42 @@ def test_sub_and_div_by_constants_run_as_integer_add_and_mul(tiny_calibration, t
     assert [n.source for n in qm.artifact.graph.nodes if n.op in ("add", "mul")] == ["Add", "Mul"]
     ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
     np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)
+
+
+def _conv_then(op_nodes, extra_inits, out_shape) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])] + op_nodes
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)], [w] + extra_inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("backend", ["rknn", "tengine"])
+def test_prelu_and_gather_are_integer(backend, tiny_calibration, tiny_batch) -> None:
+    slope = numpy_helper.from_array(np.array([0.1, 0.25, -0.5, 1.5], np.float32).reshape(4, 1, 1), "slope")
+    idx = numpy_helper.from_array(np.array([3, 0, 2], np.int64), "idx")
+    model = _conv_then([helper.make_node("PRelu", ["c", "slope"], ["p"], name="prelu"),
+                        helper.make_node("Gather", ["p", "idx"], ["out"], name="pick", axis=1)],
+                       [slope, idx], ["N", 3, 16, 16])
+    calibration = list(tiny_calibration) + [tiny_batch[i:i + 1] for i in range(4)]
+    qm = unified.quantize(model, backend=backend, calibration=calibration, preprocess=PRE16)
+    assert qm.float_nodes == {}
+    assert [n.op for n in qm.artifact.graph.nodes][-2:] == ["channel_lut", "gather"]
+    ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
+    # a slope of 1.5 carries 1.5 input half-steps into the output, on top of the conv's own error
+    np.testing.assert_allclose(qm.run(tiny_batch), ref, atol=4 * qm.output_quant.scale)
+    x = qm.artifact.to_model(qm.quantize_input(tiny_batch))
+    for layer in layer_agreement(qm.artifact.graph, x):
+        assert layer.within_one_step >= 0.999, str(layer)
+
+
+def test_strict_message_is_short_and_names_each_op_type_once(tiny_calibration) -> None:
+    nodes = [helper.make_node("LpNormalization", [f"n{i}" if i else "c"], [f"n{i + 1}"], name=f"norm{i}", axis=1)
+             for i in range(40)]
+    nodes.append(helper.make_node("Hardmax", ["n40"], ["out"], name="hard", axis=1))
+    model = _conv_then(nodes, [], ["N", 4, 16, 16])
+    with pytest.raises(unified.UnsupportedOperatorError) as info:
+        unified.quantize(model, backend="tengine", calibration=tiny_calibration, preprocess=PRE16, strict=True)
+    message = str(info.value)
+    assert len(message) < 600, len(message)
+    assert "LpNormalization x40 ('norm0' and 39 more" in message and "Hardmax x1 ('hard'" in message

@@ -247,6 +247,18 @@ def lut(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> l
     return [table[inputs[0].astype(np.int64) + node.attrs["offset"]]]
 
 
+def channel_lut(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    """One 256-entry table per channel (axis 1): PRelu with a per-channel slope."""
+    tables = node.arrays["tables"].astype(g.dtype)  # (C, levels)
+    x = inputs[0].astype(np.int64) + node.attrs["offset"]
+    channel = np.arange(x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return [tables[channel, x]]
+
+
+def gather(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    return [np.take(inputs[0], node.arrays["indices"], axis=node.attrs["axis"])]
+
+
 def softmax(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     """exp(x - max) from a 256-entry Q20 table, integer sum, integer rounded division."""
     x = inputs[0].astype(np.int64)
@@ -365,4 +377,5 @@ KERNELS: dict[str, Kernel] = {
     "softmax": softmax, "reshape": reshape, "flatten": flatten, "transpose": transpose,
     "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "slice": slice_, "pad": pad, "const": const,
     "float": float_fallback, "upsample_nearest": upsample_nearest, "matmul": matmul,
+    "channel_lut": channel_lut, "gather": gather,
 }

@@ -150,6 +150,11 @@ class _Builder:
             value = np.float32((a["value"] - t.zero_point) * t.scale)
             self.nodes.append(helper.make_node("Pad", [ins[0], self.const(np.array(a["pads"], np.int64), "pads"),
                                                        self.const(value, "pv")], [y]))
+        elif op == "channel_lut":
+            self.nodes.append(helper.make_node("PRelu", [ins[0], self.const(node.arrays["slope"], "slope")], [y]))
+        elif op == "gather":
+            self.nodes.append(helper.make_node("Gather", [ins[0], self.const(node.arrays["indices"], "idx")], [y],
+                                               axis=a["axis"]))
         elif op == "matmul":
             self.nodes.append(helper.make_node("MatMul", ins, [y]))
         elif op == "upsample_nearest":

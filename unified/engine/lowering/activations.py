@@ -65,6 +65,30 @@ def lower_lookup_table(ctx: LoweringContext, node: onnx.NodeProto) -> None:
              {"offset": -ctx.scheme.qmin, "onnx_attrs": node_attributes(node)}, {"table": table.astype(np.int64)}, to)
 
 
+@lowers("PRelu")
+def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """PRelu with a constant slope (one per channel, or one in all): a table per channel."""
+    slope = ctx.require_constant(node, 1, "the slope").astype(np.float64)
+    x = node.input[0]
+    tx = ctx.q(x)
+    shape = ctx.shapes.get(x) or []
+    channels = shape[1] if len(shape) > 1 and shape[1] > 0 else 0
+    flat = slope.reshape(-1)
+    per_channel_shape = (slope.ndim == len(shape) - 1 and slope.shape[0] == channels
+                         and all(d == 1 for d in slope.shape[1:]))
+    if not (flat.size == 1 or (channels and flat.size == channels and per_channel_shape)):
+        raise UnsupportedOperatorError(f"PRelu node {node_key(node)!r}: only a scalar or per-channel slope is integer")
+    per_channel = np.broadcast_to(flat, (channels or 1,)) if flat.size == 1 else flat
+    to = ctx.calibrated(node.output[0])
+    levels = np.arange(ctx.scheme.qmin, ctx.scheme.qmax + 1)
+    xv = (levels - tx.zero_point) * tx.scale
+    y = np.where(xv[None, :] >= 0, xv[None, :], per_channel[:, None] * xv[None, :])
+    tables = np.clip(ctx.scheme.rounding.round(y / to.scale) + to.zero_point, ctx.scheme.qmin, ctx.scheme.qmax)
+    ctx.emit("channel_lut", node, [x], [node.output[0]], "PRelu",
+             {"offset": -ctx.scheme.qmin, "slope_shape": list(slope.shape)},
+             {"tables": tables.astype(np.int64), "slope": slope.astype(np.float32)}, to)
+
+
 @lowers("Softmax")
 def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     # (the front end raised the opset to >= 13, where Softmax normalizes along one axis, as the kernel does)

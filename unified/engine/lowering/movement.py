@@ -108,6 +108,15 @@ def lower_resize(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                                                                 "nearest_mode": nearest}})
 
 
+@lowers("Gather")
+def lower_gather(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """Gather with constant indices picks values: the output keeps the input's params."""
+    indices = ctx.require_constant(node, 1, "indices").astype(np.int64)
+    tx = ctx.q(node.input[0])
+    ctx.emit("gather", node, [node.input[0]], list(node.output), "Gather",
+             {"axis": node_attributes(node).get("axis", 0)}, {"indices": indices}, tx)
+
+
 @lowers("Pad")
 def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     mode = node_attributes(node).get("mode", "constant")
