@@ -80,9 +80,11 @@ def unified_quantize_input(backend: str, artifact: QuantizedArtifact, batch: np.
     """Turn a float input batch into the backend's native input tensor.
 
     :param artifact: what your `unified_quantize` returned (or your `load_artifact` restored).
-    :param batch: float32, NCHW, in the model's input space (after preprocessing).
+    :param batch: float32 in the model's own input space and layout (after preprocessing), or a
+        dict input name -> array for a model with several inputs.
     :return: the native input: the same floats for float backends, or integers quantized with the
-        input tensor's scale and zero point, in your declared layout, for integer backends.
+        input tensor's scale and zero point, in your declared layout, for integer backends (a dict
+        by input name for several inputs).
 
     Called by `QuantizedModel.run` and `.quantize_input`, once per batch, before `unified_infer`.
     """
@@ -94,8 +96,8 @@ def unified_infer(backend: str, artifact: QuantizedArtifact, inputs: np.ndarray)
 
     :param inputs: a native input as `unified_quantize_input` makes it (experts may pass their own,
         e.g. raw uint8 buffers, through `QuantizedModel.run_quantized`).
-    :return: the native output, possibly integer. Must not keep state between calls: one artifact
-        serves several threads.
+    :return: the native output, possibly integer (a dict output name -> array for a model with
+        several outputs). Must not keep state between calls: one artifact serves several threads.
 
     Called by `QuantizedModel.run` and `.run_quantized`, once per batch. Wrappers of this hook
     observe (and may time) every backend's inference.

@@ -140,6 +140,29 @@ def conv(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> 
     return [_requant(acc, node, g, 1)]
 
 
+def conv_transpose(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    """Transposed conv as one matmul per kernel tap, scattered with the stride, then cropped by the
+    pads: every output sums each (input channel, tap) once, so lowering's bound proves it exact."""
+    a = node.attrs
+    ftype = np.float32 if a["exact"] == "float32" else np.float64
+    x = inputs[0].astype(ftype) - ftype(a["zx"])
+    w = node.arrays["w"].astype(ftype)                                  # (co, ci, kh, kw)
+    n, ci, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    sh, sw = a["strides"]
+    pt, pl, pb, pr = a["pads"]
+    oph, opw = a["output_padding"]
+    taps = np.matmul(w.reshape(co, ci, kh * kw).transpose(2, 0, 1)[None], x.reshape(n, 1, ci, h * wd))
+    full = np.zeros((n, co, (h - 1) * sh + kh + oph, (wd - 1) * sw + kw + opw), ftype)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, i:i + sh * (h - 1) + 1:sh, j:j + sw * (wd - 1) + 1:sw] += taps[:, i * kw + j].reshape(n, co, h, wd)
+    acc = _with_bias(full[:, :, pt:full.shape[2] - pb, pl:full.shape[3] - pr], node, (1, -1, 1, 1))
+    if tap is not None:
+        tap(node.name, "accumulator", acc)
+    return [_requant(acc, node, g, 1)]
+
+
 def _with_bias(acc: np.ndarray, node: IntNode, shape: tuple[int, ...]) -> np.ndarray:
     """Exact integer accumulator plus bias: float64 carrier on the proven-exact path, else int64."""
     if node.attrs.get("requant_f64"):
@@ -377,5 +400,5 @@ KERNELS: dict[str, Kernel] = {
     "softmax": softmax, "reshape": reshape, "flatten": flatten, "transpose": transpose,
     "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "slice": slice_, "pad": pad, "const": const,
     "float": float_fallback, "upsample_nearest": upsample_nearest, "matmul": matmul,
-    "channel_lut": channel_lut, "gather": gather,
+    "channel_lut": channel_lut, "gather": gather, "conv_transpose": conv_transpose,
 }

@@ -94,6 +94,13 @@ class _Builder:
             self.nodes.append(helper.make_node("Conv", [ins[0], w, b], [y], strides=a["strides"], pads=a["pads"],
                                                dilations=a["dilations"], group=a["group"]))
             y = self.act_clip(y, node, out)
+        elif op == "conv_transpose":
+            w, b = self.weights(node, self.g.tensors[node.inputs[0]].scale)
+            wt = self.uid("wt")  # per-channel weights are (co, ci, kh, kw); ConvTranspose takes (ci, co, kh, kw)
+            self.nodes.append(helper.make_node("Transpose", [w], [wt], perm=[1, 0, 2, 3]))
+            self.nodes.append(helper.make_node("ConvTranspose", [ins[0], wt, b], [y], strides=a["strides"],
+                                               pads=a["pads"], output_padding=a["output_padding"]))
+            y = self.act_clip(y, node, out)
         elif op == "gemm":
             w, b = self.weights(node, self.g.tensors[node.inputs[0]].scale)
             wt, prod = self.uid("wt"), self.uid("prod")  # MatMul + Add: also right for N-D inputs

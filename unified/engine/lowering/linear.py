@@ -23,8 +23,6 @@ def lower_weighted(ctx: LoweringContext, node: onnx.NodeProto) -> None:
         return
     if len(node.input) < 2 or node.input[1] not in ctx.inits:
         raise UnsupportedOperatorError(f"{node.op_type} node {node_key(node)!r}: weights must be constant")
-    x = node.input[0]
-    tx = ctx.q(x)
     a = node_attributes(node)
     w = ctx.inits[node.input[1]].astype(np.float64)
     bias = ctx.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else None
@@ -36,6 +34,41 @@ def lower_weighted(ctx: LoweringContext, node: onnx.NodeProto) -> None:
             bias = bias * a.get("beta", 1.0)
     elif node.op_type == "MatMul":
         w = gemm_weight_rows(node, w)
+    if node.op_type == "Conv":
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+            raise UnsupportedOperatorError(f"Conv node {node_key(node)!r}: auto_pad={a['auto_pad']} is not supported")
+        conv_attrs = dict(strides=a.get("strides", [1, 1]), pads=a.get("pads", [0, 0, 0, 0]),
+                          dilations=a.get("dilations", [1, 1]), group=a.get("group", 1), kernel=list(w.shape[2:]))
+        _emit_weighted(ctx, node, w, bias, "conv", conv_attrs)
+    else:
+        _emit_weighted(ctx, node, w, bias, "gemm", {})
+
+
+@lowers("ConvTranspose")
+def lower_conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """2-D transposed convolution, one group: the same integer accumulation and requantization as
+    Conv, with the weights' output channels (axis 1) quantized per channel."""
+    a = node_attributes(node)
+    if len(node.input) < 2 or node.input[1] not in ctx.inits:
+        raise UnsupportedOperatorError(f"ConvTranspose node {node_key(node)!r}: weights must be constant")
+    w = ctx.inits[node.input[1]].astype(np.float64)
+    if w.ndim != 4 or a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])) \
+            or a.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in a:
+        raise UnsupportedOperatorError(f"ConvTranspose node {node_key(node)!r}: only 2-D, one group, no dilation, "
+                                       "explicit pads is integer")
+    bias = ctx.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else None
+    attrs = dict(strides=a.get("strides", [1, 1]), pads=a.get("pads", [0, 0, 0, 0]),
+                 output_padding=a.get("output_padding", [0, 0]), kernel=list(w.shape[2:]))
+    # (C_in, C_out, kh, kw) -> rows by output channel (C_out, C_in, kh, kw)
+    _emit_weighted(ctx, node, np.ascontiguousarray(w.transpose(1, 0, 2, 3)), bias, "conv_transpose", attrs)
+
+
+def _emit_weighted(ctx: LoweringContext, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray | None,
+                   op: str, op_attrs: dict[str, Any]) -> None:
+    """Quantize `w` (output channels first) and its bias, choose the output params (a following
+    Relu/Clip fused), prove which exact carriers the executor may use, and emit the node."""
+    x = node.input[0]
+    tx = ctx.q(x)
     act = ctx.fusable_activation(node)
     out_name = act.output[0] if act is not None else node.output[0]
     bounds = ctx.clip_bounds(act)
@@ -54,19 +87,14 @@ def lower_weighted(ctx: LoweringContext, node: onnx.NodeProto) -> None:
                              # every |acc| * m < 2^53: float64 computes the requantization exactly
                              "requant_f64": bool(np.all(acc_bound.astype(np.float64) * mult < 2.0**53)),
                              "preact": node.output[0]}
-    if node.op_type == "Conv":
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
-            raise UnsupportedOperatorError(f"Conv node {node_key(node)!r}: auto_pad={a['auto_pad']} is not supported")
-        attrs.update(strides=a.get("strides", [1, 1]), pads=a.get("pads", [0, 0, 0, 0]),
-                     dilations=a.get("dilations", [1, 1]), group=a.get("group", 1), kernel=list(w.shape[2:]))
-        op = "conv"
-    else:
-        op = "gemm"
+    attrs.update(op_attrs)
     source = node.op_type + (f"+{act.op_type}" if act is not None else "")
     arrays = {"w": w_shifted, "bias": bq, "mult": mult, "shift": shift,
               "w_zero_point": zw.astype(np.int64), "w_scale": sw.astype(np.float64)}
     ctx.emit(op, node, [x], [out_name], source, attrs, arrays, to)
     ctx.fuse(act)
+
+
 
 
 def lower_activation_matmul(ctx: LoweringContext, node: onnx.NodeProto) -> None:
