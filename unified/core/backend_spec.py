@@ -54,6 +54,36 @@ def option_choice(backend: str, options: Mapping[str, Any], key: str, allowed: I
     return value
 
 
+_TRUE, _FALSE = {"true", "1"}, {"false", "0"}
+
+
+def option_bool(backend: str, options: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A boolean option: True/False, 1/0, or the strings true/false/1/0 in any case (the CLI's
+    `-O per_channel=False`); anything else is refused rather than taken as truthy."""
+    from unified.core.errors import BackendError
+
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BackendError(f"{backend}: {key}={value!r} is not a boolean (use true/false or 1/0)")
+
+
+def option_names(backend: str, options: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """A list-of-names option (op types, node names): one string is one name, not its letters."""
+    from unified.core.errors import BackendError
+
+    value = options.get(key, ())
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple, set)) or not all(isinstance(v, str) for v in value):
+        raise BackendError(f"{backend}: {key}={value!r} must be a name or a list of names")
+    return tuple(v.strip() for v in value)
+
+
 def reject_unknown_options(backend: str, options: Mapping[str, Any], known: set[str]) -> None:
     """A typo in an option name must fail loudly, naming the option and what the backend knows."""
     from unified.core.errors import BackendError

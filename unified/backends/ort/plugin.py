@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from unified.core.backend_spec import BackendSpec
+from unified.core.backend_spec import BackendSpec, reject_unknown_options
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
 from unified.core.quant_params import QuantParams
@@ -16,6 +16,13 @@ from unified.inputs.calibration import CalibrationSet
 
 NAME = "ort"
 MODES = ("fp32", "static", "dynamic")
+#: the options each mode reads; an option of another mode is refused, naming the mode
+MODE_OPTIONS: dict[str, set[str]] = {
+    "fp32": set(),
+    "dynamic": {"weight_type"},
+    "static": {"calibrate_method", "activation_type", "weight_type", "per_channel", "nodes_to_exclude",
+               "reduce_range", "bias_correction"},
+}
 
 
 class OrtArtifact:
@@ -91,6 +98,11 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
 
     opts = dict(options)
     mode = opts.pop("mode", "static")
+    reject_unknown_options(NAME, opts, set().union(*MODE_OPTIONS.values()))
+    foreign = sorted(set(opts) - MODE_OPTIONS.get(mode, set()))
+    if foreign:
+        raise BackendError(f"ort: option(s) {', '.join(foreign)} do not apply to mode {mode!r} "
+                           f"(its options: {', '.join(sorted(MODE_OPTIONS[mode])) or 'none'})")
     if mode == "fp32":
         return OrtArtifact(model.SerializeToString(), mode)
     if mode == "dynamic":

@@ -26,7 +26,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from unified.core.backend_spec import option_choice
+from unified.core.backend_spec import option_bool, option_choice, option_names
 from unified.graph.onnx_model import graph_inputs, output_channel_axis
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.bias_correction import correct_biases
@@ -87,10 +87,10 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
     method = _choice(options, "calibrate_method", CALIBRATION_METHODS, "minmax")
     activation = _choice(options, "activation_type", QUANT_TYPES, "uint8")
     weight = _choice(options, "weight_type", QUANT_TYPES, "int8")
-    per_channel = bool(options.get("per_channel", True))
-    exclude = list(options.get("nodes_to_exclude", ()))
-    reduce_range = bool(options.get("reduce_range", not cpu_has_vnni()))
-    if per_channel and weight == QuantType.QInt8 and options.get("bias_correction", True):
+    per_channel = option_bool("ort", options, "per_channel", True)
+    exclude = list(option_names("ort", options, "nodes_to_exclude"))
+    reduce_range = option_bool("ort", options, "reduce_range", not cpu_has_vnni())
+    if per_channel and weight == QuantType.QInt8 and option_bool("ort", options, "bias_correction", True):
         qmax = 64 if reduce_range else 127
         model = correct_biases(model, calibration, lambda w, node: fake_quantize_symmetric_int8(w, node, qmax))
     with tempfile.TemporaryDirectory(prefix="unified-ort-") as tmp:

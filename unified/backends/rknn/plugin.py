@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from unified.backends.rknn.scheme import RknnScheme
-from unified.core.backend_spec import option_choice, reject_unknown_options
+from unified.core.backend_spec import option_bool, option_choice, option_names, reject_unknown_options
 from unified.core.errors import InputError
 from unified.core.hookspecs import hookimpl
 from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_spec
@@ -58,9 +58,9 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     method = option_choice(NAME, options, "quantized_method", ("channel", "layer"), "channel")
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
-                         bias_correction=bool(options.get("bias_correction", True)),
-                         float_fallback=tuple(options.get("float_fallback", ())),
-                         strict=bool(options.get("strict", False)))
+                         bias_correction=option_bool(NAME, options, "bias_correction", True),
+                         float_fallback=option_names(NAME, options, "float_fallback"),
+                         strict=option_bool(NAME, options, "strict", False))
     pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
     graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
     return IntegerArtifact(graph, "NHWC", {"preprocess": pre.to_json(), "quantized_algorithm": algorithm,

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from unified.backends.tengine.scheme import TengineScheme, format_scale
-from unified.core.backend_spec import option_choice, reject_unknown_options
+from unified.core.backend_spec import option_bool, option_choice, option_names, reject_unknown_options
 from unified.core.errors import InputError
 from unified.core.hookspecs import hookimpl
 from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_spec
@@ -44,7 +44,8 @@ KNOWN_OPTIONS = {"mode", "algorithm", "mean", "scale", "bias_correction", "equal
 
 def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
     """A scale file replaces calibration, unless a weight option needs fp32 statistics."""
-    weights_need_data = options.get("bias_correction", True) or options.get("rounding", "adaptive") == "adaptive"
+    weights_need_data = (option_bool(NAME, options, "bias_correction", True)
+                         or str(options.get("rounding", "adaptive")).lower() == "adaptive")
     return not (options.get("scale_file") and not weights_need_data)
 
 
@@ -66,11 +67,11 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
     build = BuildOptions(range_method=ALGORITHMS[algorithm], weight_method="minmax",
-                         bias_correction=bool(options.get("bias_correction", True)),
-                         equalization=bool(options.get("equalization", False)),
+                         bias_correction=option_bool(NAME, options, "bias_correction", True),
+                         equalization=option_bool(NAME, options, "equalization", False),
                          adaptive_rounding=rounding == "adaptive",
-                         float_fallback=tuple(options.get("float_fallback", ())),
-                         strict=bool(options.get("strict", False)))
+                         float_fallback=option_names(NAME, options, "float_fallback"),
+                         strict=option_bool(NAME, options, "strict", False))
     scale = options.get("scale")  # Tengine's -s multiplies: std is its inverse
     pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
