@@ -59,3 +59,31 @@ def test_ort_refuses_unknown_and_foreign_options(tiny_model, tiny_calibration) -
                          calibrate_metod="entropy")
     with pytest.raises(unified.BackendError, match="calibrate_method do not apply to mode 'dynamic'"):
         unified.quantize(tiny_model, backend="ort", mode="dynamic", calibrate_method="entropy")
+
+
+def test_constant_calibration_gets_a_floor_and_a_warning_naming_the_tensor(tiny_model) -> None:
+    from unified.engine.lowering.context import DegenerateRangeWarning
+
+    zeros = [np.zeros((1, 3, 16, 16), np.float32)] * 4
+    with pytest.warns(DegenerateRangeWarning, match="tensor 'input' is constant \\(0\\)"):
+        qm = unified.quantize(tiny_model, backend="tengine", calibration=zeros, preprocess=PRE16,
+                              bias_correction=False, rounding="nearest")
+    assert qm.input_quant.scale >= 1e-6 / 255
+
+
+def test_impossible_calibration_is_a_calibration_error_naming_the_tensor(tiny_model) -> None:
+    huge = [np.full((1, 3, 16, 16), 1e30, np.float32)] * 4
+    with pytest.raises(unified.CalibrationError, match="tensor '.+': calibrated range .* cannot be quantized"):
+        unified.quantize(tiny_model, backend="rknn", calibration=huge, preprocess=PRE16)
+
+
+def test_cli_refuses_backend_and_mode_on_a_saved_model(tiny_model, tiny_calibration, tmp_path, capsys) -> None:
+    from unified.cli import main
+
+    path = tmp_path / "m.uqm"
+    unified.quantize(tiny_model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16).save(path)
+    assert main(["infer", str(tmp_path / "x.png"), "--model", str(path), "--backend", "ort"]) == 2
+    assert "is a saved rknn/default model; --backend/--mode cannot change it" in capsys.readouterr().err
+    assert main(["quantize", "--model", str(path), "--backend", "ort", "-o", str(tmp_path / "y.uqm")]) == 2
+    assert "is a saved quantized model, not a float model" in capsys.readouterr().err
+    assert not (tmp_path / "y.uqm").exists()

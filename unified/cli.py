@@ -97,6 +97,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     options = _parse_options(args.option)
     print(f"model: {args.model or 'efficientnet_lite0 (built-in, pretrained)'}   image: {image}")
     saved = api.load(args.model) if args.model and api.looks_saved(args.model) else None
+    if saved and ((args.backend and args.backend != saved.backend) or (args.mode and args.mode != saved.mode)):
+        raise UnifiedError(f"{args.model} is a saved {saved.backend}/{saved.mode} model; --backend/--mode "
+                           "cannot change it (quantize the float model again for another backend)")
+    flags = any(getattr(args, k) for k in ("mean", "std", "size", "resize", "layout", "bgr"))
+    if saved and (flags or args.calibration or args.option):
+        raise UnifiedError(f"{args.model} is a saved model: its calibration, options and preprocessing are fixed")
     runs = [(saved.backend, saved.mode)] if saved else _runs(args)
     preprocess = None if saved else _preprocess(args)
     for backend, mode in runs:

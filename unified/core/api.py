@@ -39,9 +39,11 @@ def backends() -> list[BackendSpec]:
     return list(plugins.backend_specs().values())
 
 
-def load(path: str | os.PathLike) -> QuantizedModel:
-    """Load a model saved with `QuantizedModel.save` (no torch needed)."""
-    return QuantizedModel.load(path)
+def load(path: str | os.PathLike, max_bytes: int | None = None) -> QuantizedModel:
+    """Load a model saved with `QuantizedModel.save` (no torch needed). The file is untrusted input:
+    sizes are capped (`max_bytes`, default 2 GiB, or `UNIFIED_MAX_LOAD_BYTES`), one digest covers
+    manifest and blobs, and every value is validated; any problem is a `SavedModelError`."""
+    return QuantizedModel.load(path, max_bytes)
 
 
 def _resolve_mode(spec: BackendSpec, mode: str | None) -> str:

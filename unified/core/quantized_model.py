@@ -128,9 +128,10 @@ class QuantizedModel:
         write_container(path, manifest, blobs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "QuantizedModel":
-        manifest, blobs = read_container(path)
-        backend = manifest.get("backend")
+    def load(cls, path: str | os.PathLike, max_bytes: int | None = None) -> "QuantizedModel":
+        """Restore a saved model, treating the file as untrusted (see `core/saved_model.py`)."""
+        manifest, blobs = read_container(path, max_bytes)
+        backend = manifest["backend"]
         specs = plugins.backend_specs()
         if backend not in specs:
             raise SavedModelError(
@@ -138,12 +139,13 @@ class QuantizedModel:
             )
         try:
             artifact = specs[backend].load_artifact(blobs, manifest["artifact"])
-        except SavedModelError:
-            raise
-        except Exception as exc:
-            raise SavedModelError(f"{path}: backend {backend!r} cannot restore it: {exc}") from exc
-        return cls(backend, artifact, Preprocess.from_json(manifest["preprocess"]),
-                   manifest.get("model_name", "model"), manifest.get("mode", "default"), manifest.get("options"),
+            preprocess = Preprocess.from_json(manifest["preprocess"])
+        except SavedModelError as exc:
+            raise SavedModelError(f"{path}: {exc}") from exc
+        except Exception as exc:  # whatever a backend's parser raises, the caller sees one error type
+            raise SavedModelError(f"{path}: backend {backend!r} cannot restore it: "
+                                  f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        return cls(backend, artifact, preprocess, manifest["model_name"], manifest["mode"], manifest["options"],
                    manifest.get("input_names"))
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,9 @@ def _load_source(model: Any, preprocess: Preprocess | None) -> SourceModel:
             raise ModelError(
                 f"model {str(model)!r} is neither a zoo name ({', '.join(sorted(ZOO))}) nor an existing .onnx file"
             )
+        if path.is_file() and zipfile.is_zipfile(path):
+            raise ModelError(f"{path} is a saved quantized model, not a float model: run it with unified.load({str(path)!r}) "
+                             "(CLI: unified infer --model it), or quantize the original .onnx")
         proto = load_onnx(path)
         return SourceModel(proto, path.stem, preprocess or preprocess_for(proto, path.name))
     if isinstance(model, onnx.ModelProto):

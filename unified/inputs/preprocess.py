@@ -41,6 +41,12 @@ class Preprocess:
             raise InputError(f"Preprocess channels must be one of {', '.join(CHANNEL_ORDERS)}, got {self.channels!r}")
         object.__setattr__(self, "mean", per_channel(self.mean))
         object.__setattr__(self, "std", per_channel(self.std))
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 < value <= 16384:
+                raise InputError(f"Preprocess {name} must be a size in pixels (1..16384), got {value!r}")
+        if not all(np.isfinite(v) for v in self.mean + self.std) or any(v == 0 for v in self.std):
+            raise InputError(f"Preprocess mean/std must be finite and std non-zero, got {self.mean} / {self.std}")
 
     def with_normalization(self, mean: Any = None, std: Any = None) -> "Preprocess":
         """A copy with mean and/or std replaced (pixel units; one value or one per channel, as

@@ -51,7 +51,7 @@ def lower_lookup_table(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     tx = ctx.q(x)
     fixed = FIXED_RANGES.get(node.op_type)
     given = node.output[0] in ctx.given or ctx.ranges.activation is None
-    to = ctx.params_from_range(*fixed) if fixed and not given else ctx.calibrated(node.output[0])
+    to = ctx.params_from_range(*fixed, name=node.output[0]) if fixed and not given else ctx.calibrated(node.output[0])
     levels = np.arange(ctx.scheme.qmin, ctx.scheme.qmax + 1)
     x_levels = (levels - tx.zero_point) * tx.scale
     if node.op_type in LUT_FUNCTIONS:

@@ -8,6 +8,7 @@ quantized weights and biases, and the exactness proofs of the fast executor.
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from unified.core.errors import ModelError, UnsupportedOperatorError
+from unified.core.errors import CalibrationError, ModelError, UnsupportedOperatorError
 from unified.core.quant_params import QuantParams
 from unified.engine.fixed_point import quantize_multiplier
 from unified.engine.integer_graph import IntNode
@@ -25,6 +26,10 @@ from unified.graph.onnx_model import node_attributes
 
 #: |bias| * m < 2^52: dead channels stay on the exact float64 requantization path
 BIAS_LIMIT = 2**21
+#: a calibrated range narrower than this is degenerate (a tensor constant on the calibration data)
+MIN_RANGE = 1e-6
+#: a range wider than this cannot be an activation of a working network
+MAX_RANGE = 1e12
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,17 @@ class RangeSource:
     weight: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+class DegenerateRangeWarning(UserWarning):
+    """A tensor's calibrated range was too narrow to quantize and was widened."""
+
+
+def multiplier(real: np.ndarray | float, where: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Fixed-point (multiplier, shift) of a real rescale factor (TFLite's QuantizeMultiplier)."""
-    return quantize_multiplier(real)
+    try:
+        return quantize_multiplier(real)
+    except ValueError as exc:
+        raise CalibrationError(f"{where or 'a layer'}: {exc}; its input and output ranges differ too much "
+                               "to requantize (check the calibration data)") from None
 
 
 class LoweringContext:
@@ -89,8 +102,16 @@ class LoweringContext:
                 self.tensors[out] = out_params
 
     # -- activation parameters ------------------------------------------------------------------
-    def params_from_range(self, lo: float, hi: float) -> QuantParams:
-        return self.scheme.activation_params(*widen_to_zero(lo, hi))
+    def params_from_range(self, lo: float, hi: float, name: str | None = None) -> QuantParams:
+        if not (np.isfinite(lo) and np.isfinite(hi)) or max(abs(lo), abs(hi)) > MAX_RANGE:
+            raise CalibrationError(f"tensor {name or '?'!r}: calibrated range [{lo:.4g}, {hi:.4g}] cannot be "
+                                   f"quantized (beyond +-{MAX_RANGE:.0e}); check the calibration data's scale")
+        lo, hi = widen_to_zero(lo, hi)
+        if hi - lo < MIN_RANGE:
+            warnings.warn(f"tensor {name or '?'!r} is constant ({lo:.3g}) on the calibration data; its range is "
+                          f"widened to {MIN_RANGE:g} (give varied calibration data)", DegenerateRangeWarning, stacklevel=2)
+            hi = lo + MIN_RANGE
+        return self.scheme.activation_params(lo, hi)
 
     def calibrated(self, name: str) -> QuantParams:
         if name in self.given:
@@ -98,7 +119,7 @@ class LoweringContext:
         if self.ranges.activation is None:
             self.missing.append(name)
             return self.scheme.params(1.0, 0)
-        return self.params_from_range(*self.ranges.activation(name))
+        return self.params_from_range(*self.ranges.activation(name), name=name)
 
     def q(self, name: str) -> QuantParams:
         """Parameters of an operand: already lowered, a constant quantized on first use, or the
@@ -129,7 +150,7 @@ class LoweringContext:
     def constant(self, name: str) -> QuantParams:
         """Quantize a constant operand (of Add, Mul, Concat) as a tensor of its own."""
         value = self.inits[name].astype(np.float64)
-        tq = self.params_from_range(float(value.min()), float(value.max()))
+        tq = self.params_from_range(float(value.min()), float(value.max()), name=name)
         qv = np.clip(self.scheme.rounding.round(value / tq.scale) + tq.zero_point, self.scheme.qmin, self.scheme.qmax)
         self.nodes.append(IntNode("const", f"const:{name}", [], [name], "Constant", {},
                                   {"value": np.asarray(qv).astype(np.int64)}))
@@ -142,9 +163,9 @@ class LoweringContext:
             return self.calibrated(out_name)
         lo_b, hi_b = bounds
         if np.isfinite(lo_b) and np.isfinite(hi_b) and lo_b == 0.0:
-            return self.params_from_range(0.0, hi_b)
+            return self.params_from_range(0.0, hi_b, name=out_name)
         lo, hi = self.ranges.activation(out_name)
-        return self.params_from_range(max(lo, lo_b), min(hi, hi_b))
+        return self.params_from_range(max(lo, lo_b), min(hi, hi_b), name=out_name)
 
     # -- fused activations ----------------------------------------------------------------------
     def fusable_activation(self, node: onnx.NodeProto) -> onnx.NodeProto | None:

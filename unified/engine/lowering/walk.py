@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import onnx
 
-from unified.core.errors import ScaleFileError, UnsupportedOperatorError
+from unified.core.errors import CalibrationError, ScaleFileError, UnsupportedOperatorError
 from unified.core.quant_params import QuantParams
 from unified.engine.integer_graph import IntegerGraph
 from unified.engine.lowering.context import LoweringContext, RangeSource, node_key
@@ -39,6 +39,10 @@ def _lower_node(ctx: LoweringContext, node: onnx.NodeProto, forced: set[str]) ->
         try:
             LOWERINGS[node.op_type](ctx, node)
             return
+        except CalibrationError as exc:
+            if str(exc).startswith("a layer"):
+                raise CalibrationError(f"{node.op_type} node {key!r}" + str(exc)[len("a layer"):]) from None
+            raise
         except UnsupportedOperatorError as exc:
             ctx.restore(mark)
             reason = str(exc).split(": ", 1)[-1] if str(exc).startswith(node.op_type) else str(exc)
@@ -77,7 +81,7 @@ def lower(model: onnx.ModelProto, scheme: Scheme, ranges: RangeSource,
     inputs = [i.name for i in graph_inputs(model)]
     for x in inputs:  # folded preprocessing fixes the range of a single image input
         if input_range and len(inputs) == 1 and x not in ctx.given:
-            ctx.tensors[x] = ctx.params_from_range(*input_range)
+            ctx.tensors[x] = ctx.params_from_range(*input_range, name=x)
         else:
             ctx.tensors[x] = ctx.calibrated(x)
     for node in model.graph.node:
