@@ -87,3 +87,75 @@ def test_cli_refuses_backend_and_mode_on_a_saved_model(tiny_model, tiny_calibrat
     assert main(["quantize", "--model", str(path), "--backend", "ort", "-o", str(tmp_path / "y.uqm")]) == 2
     assert "is a saved quantized model, not a float model" in capsys.readouterr().err
     assert not (tmp_path / "y.uqm").exists()
+
+
+def test_an_image_with_too_many_pixels_is_an_image_error(tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (3000, 2000)).save(path)
+    monkeypatch.setenv("UNIFIED_MAX_IMAGE_PIXELS", "1000000")
+    with pytest.raises(unified.ImageError, match="3000x2000 = 6000000 pixels is over the limit of 1000000"):
+        PRE16(str(path))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"resize": 0}, "resize must be a size in pixels"),
+    ({"resize": 16, "crop": 32}, "crop 32 is larger than the resize 16"),
+    ({"mean": (1.0, 2.0)}, "one value or one per RGB channel"),
+    ({"std": 0}, "std non-zero"),
+    ({"layout": "CHWN"}, "layout must be one of NCHW, NHWC"),
+])
+def test_bad_preprocessing_is_refused_when_constructed(kwargs, message) -> None:
+    with pytest.raises(unified.InputError, match=message):
+        unified.Preprocess(**kwargs)
+
+
+def test_a_model_with_integer_input_is_refused_naming_it() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["ids"], ["out"], to=TensorProto.FLOAT)], "m",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(unified.ModelError, match="input 'ids' is int64"):
+        unified.quantize(model, backend="ort", mode="fp32")
+
+
+def test_a_free_height_and_width_take_the_preprocessing_size(tiny_model, tiny_calibration, tiny_batch) -> None:
+    import onnx
+
+    free = onnx.ModelProto()
+    free.CopyFrom(tiny_model)
+    dims = free.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    for backend in ("rknn", "tengine"):
+        qm = unified.quantize(free, backend=backend, calibration=tiny_calibration, preprocess=PRE16)
+        assert qm.float_nodes == {}
+        reference = unified.quantize(tiny_model, backend=backend, calibration=tiny_calibration, preprocess=PRE16)
+        np.testing.assert_array_equal(qm.run(tiny_batch), reference.run(tiny_batch))
+
+
+def test_library_errors_cross_the_api_as_unified_errors(tiny_model, tmp_path) -> None:
+    qm = unified.quantize(tiny_model, backend="ort", mode="fp32")
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(unified.UnifiedError, match="a file operation failed") as info:
+        qm.save(tmp_path / "afile" / "m.uqm")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_cli_stops_quietly_on_a_broken_pipe(capsys) -> None:
+    import os
+    import sys
+
+    from unified.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head -1`) has gone
+    saved_stdout = sys.stdout
+    sys.stdout = os.fdopen(write_end, "w", buffering=1)
+    try:
+        assert main(["backends"]) == 0
+    finally:
+        sys.stdout = saved_stdout
+    assert "Traceback" not in capsys.readouterr().err

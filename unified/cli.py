@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from typing import Any, Sequence
@@ -221,6 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UnifiedError as exc:
         print(f"unified: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `unified infer | head -1`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # one line, never a traceback
+        from unified.core.errors import as_unified_error
+
+        print(f"unified: error: {as_unified_error(exc)}", file=sys.stderr)
         return 2
 
 

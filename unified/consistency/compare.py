@@ -17,7 +17,7 @@ import numpy as np
 
 from unified.core import plugins
 from unified.core.api import quantize
-from unified.core.errors import ImageError, UnifiedError
+from unified.core.errors import ImageError, UnifiedError, public_api
 from unified.core.quantized_model import concatenate_outputs
 from unified.inputs.model_source import resolve_model
 from unified.inputs.preprocess import Preprocess
@@ -218,6 +218,7 @@ def _reference_tensors(model, x: np.ndarray) -> tuple[dict[str, np.ndarray], lis
         return None
 
 
+@public_api
 def compare(model: Any = None, images: Any = None, backends: Sequence[Any] = ("ort", "rknn", "tengine"),
             calibration: Any = None, layer_images: int = 8, batch_size: int = 25,
             preprocess: Preprocess | None = None) -> CompareReport:

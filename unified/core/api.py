@@ -15,7 +15,7 @@ from typing import Any
 
 from unified.core import plugins
 from unified.core.backend_spec import BackendSpec
-from unified.core.errors import BackendError, SavedModelError
+from unified.core.errors import BackendError, SavedModelError, public_api
 from unified.core.paths import cache_dir
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult
@@ -34,11 +34,13 @@ from unified.terminal.progress import scope as progress_scope
 QUANT_CACHE_VERSION = 1
 
 
+@public_api
 def backends() -> list[BackendSpec]:
     """Installed backends, built-in and third-party, with their I/O contracts."""
     return list(plugins.backend_specs().values())
 
 
+@public_api
 def load(path: str | os.PathLike, max_bytes: int | None = None) -> QuantizedModel:
     """Load a model saved with `QuantizedModel.save` (no torch needed). The file is untrusted input:
     sizes are capped (`max_bytes`, default 2 GiB, or `UNIFIED_MAX_LOAD_BYTES`), one digest covers
@@ -70,6 +72,7 @@ def _cache_path(model_fp: str, backend: str, mode: str, options: dict[str, Any])
     return cache_dir() / "quantized" / f"{backend}-{mode}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.uqm"
 
 
+@public_api
 def quantize(
     model: Any = None,
     backend: str = "ort",
@@ -133,6 +136,7 @@ def looks_saved(model: Any) -> bool:
     return isinstance(model, (str, os.PathLike)) and Path(model).is_file() and zipfile.is_zipfile(model)
 
 
+@public_api
 def infer(
     model: Any,
     image: ImageLike,

@@ -48,3 +48,41 @@ class SavedModelError(UnifiedError):
 
 class ScaleFileError(UnifiedError):
     """A scale file (`<tensor> <scale> <zero_point>` per line) is malformed or does not fit the model."""
+
+
+def as_unified_error(exc: Exception) -> UnifiedError:
+    """A library's exception as the `UnifiedError` that says which input was at fault (the original
+    stays as `__cause__`): ONNX Runtime -> BackendError, onnx -> ModelError, PIL -> ImageError,
+    zip damage -> SavedModelError, anything else -> UnifiedError naming its type."""
+    if isinstance(exc, UnifiedError):
+        return exc
+    module = type(exc).__module__ or ""
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    if module.startswith("onnxruntime"):
+        return BackendError(f"onnxruntime failed: {text}")
+    if module.startswith("onnx"):
+        return ModelError(f"onnx rejected the model: {text}")
+    if module.startswith("PIL"):
+        return ImageError(f"PIL cannot use the image: {text}")
+    if module.startswith("zipfile"):
+        return SavedModelError(f"damaged saved model: {text}")
+    if isinstance(exc, OSError):
+        return UnifiedError(f"a file operation failed: {text}")
+    return UnifiedError(f"unexpected error ({text})")
+
+
+def public_api(fn):
+    """Every exception crossing the public API is a `UnifiedError` (KeyboardInterrupt and
+    SystemExit pass through)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UnifiedError:
+            raise
+        except Exception as exc:
+            raise as_unified_error(exc) from exc
+
+    return wrapper

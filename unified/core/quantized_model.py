@@ -14,7 +14,7 @@ import numpy as np
 from unified.core import plugins
 from unified.core.artifact import QuantizedArtifact
 from unified.core.backend_spec import BackendSpec
-from unified.core.errors import InputError, SavedModelError
+from unified.core.errors import InputError, SavedModelError, public_api
 from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
 from unified.core.saved_model import read_container, write_container
@@ -65,20 +65,24 @@ class QuantizedModel:
         return dict(getattr(self.artifact, "float_nodes", None) or {})
 
     # -- running ----------------------------------------------------------------------------
+    @public_api
     def quantize_input(self, batch: np.ndarray) -> np.ndarray:
         """Float batch (model space) -> the backend's native input (identity for float backends)."""
         return plugins.call(self.backend, "unified_quantize_input", artifact=self.artifact, batch=batch)
 
+    @public_api
     def run_quantized(self, native_input: np.ndarray) -> np.ndarray:
         """Expert path: the backend's native input in, its native output out (no (de)quantization)."""
         return plugins.call(self.backend, "unified_infer", artifact=self.artifact, inputs=native_input)
 
+    @public_api
     def dequantize_output(self, native_output: Any) -> np.ndarray | dict[str, np.ndarray]:
         out = plugins.call(self.backend, "unified_dequantize_output", artifact=self.artifact, outputs=native_output)
         if isinstance(out, dict):
             return {name: np.asarray(v, dtype=np.float32) for name, v in out.items()}
         return np.asarray(out, dtype=np.float32)
 
+    @public_api
     def run(self, batch: np.ndarray | Sequence[ImageLike] | ImageLike) -> np.ndarray | dict[str, np.ndarray]:
         """Float in, float out: a float batch in the model's input space and layout (or images)
         -> float32 outputs: one array for a single-output model, a dict output name -> array
@@ -103,6 +107,7 @@ class QuantizedModel:
         """The batch size the backend's model was built for, or None when any batch runs."""
         return getattr(self.artifact, "fixed_batch", None)
 
+    @public_api
     def infer(self, image: ImageLike) -> InferenceResult:
         """One image: load -> preprocess -> quantize_input -> infer -> dequantize_output -> top-5."""
         x = as_input_batch(image, self.preprocess, self.input_names)
@@ -113,6 +118,7 @@ class QuantizedModel:
         return InferenceResult(outputs=outputs, backend=self.backend, mode=self.mode)
 
     # -- persistence ------------------------------------------------------------------------
+    @public_api
     def save(self, path: str | os.PathLike) -> None:
         """One file, written atomically; `unified.load` restores it without torch."""
         blobs, meta = self.artifact.to_files()

@@ -66,6 +66,42 @@ def fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return fixed
 
 
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def check_inputs(model: onnx.ModelProto, name: str) -> None:
+    """unified quantizes models whose inputs are float tensors; say which input is not, and why."""
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        elem = value.type.tensor_type.elem_type
+        if elem not in FLOAT_TYPES:
+            raise ModelError(f"{name}: input {value.name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}; unified "
+                             "quantizes models whose inputs are float tensors (images, features)")
+
+
+def fix_spatial(model: onnx.ModelProto, height: int, width: int, layout: str) -> onnx.ModelProto:
+    """A copy whose single 4-D image input has H and W fixed where they were free (as NPU toolkits
+    compile for one input size); other models are returned as they are."""
+    inputs = [v for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != 4:
+        return model
+    axes = (1, 2) if layout == "NHWC" else (2, 3)
+    dims = inputs[0].type.tensor_type.shape.dim
+    if all(dims[a].dim_value for a in axes):
+        return model
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    dims = [v for v in fixed.graph.input if v.name == inputs[0].name][0].type.tensor_type.shape.dim
+    for axis, size in zip(axes, (height, width)):
+        if not dims[axis].dim_value:
+            dims[axis].Clear()
+            dims[axis].dim_value = size
+    del fixed.graph.value_info[:]
+    return fixed
+
+
 def has_free_batch(model: onnx.ModelProto) -> bool:
     initializers = {t.name for t in model.graph.initializer}
     for value in model.graph.input:

@@ -18,13 +18,29 @@ from unified.core.paths import existing_file
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
+#: images are untrusted input too: at most this many pixels are decoded (UNIFIED_MAX_IMAGE_PIXELS)
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def max_image_pixels() -> int:
+    return int(os.environ.get("UNIFIED_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
+
+
 def open_image(source: str | os.PathLike) -> Image.Image:
-    """Open an image file fully (so errors surface here, not later during resize)."""
+    """Open an image file fully (so errors surface here, not later during resize); refuse one with
+    more pixels than `max_image_pixels()` before decoding it."""
     path = existing_file(source, "image", ImageError)
     try:
         with Image.open(path) as im:
+            limit = max_image_pixels()
+            pixels = im.size[0] * im.size[1]
+            if pixels > limit:
+                raise ImageError(f"{path}: {im.size[0]}x{im.size[1]} = {pixels} pixels is over the limit of {limit} "
+                                 "(raise it with UNIFIED_MAX_IMAGE_PIXELS)")
             im.load()
             return im.copy()
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused as a decompression bomb by PIL: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"not an image file (PIL cannot identify it): {path}") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 
 from unified.core.errors import ModelError
-from unified.graph.frontend import normalize
+from unified.graph.frontend import check_inputs, fix_spatial, normalize
 from unified.graph.onnx_model import check_model, input_shape, load_onnx
 from unified.inputs.preprocess import Preprocess
 from unified.inputs.zoo import DEFAULT_MODEL, ZOO, export_torch, load_zoo_model
@@ -67,7 +67,12 @@ def _is_torch_module(obj: Any) -> bool:
 def resolve_model(model: Any = None, preprocess: Preprocess | None = None) -> SourceModel:
     """Zoo name | .onnx path | onnx.ModelProto | torch.nn.Module (None means the default zoo model)."""
     source = _load_source(model, preprocess)
-    return SourceModel(normalize(source.proto, source.name), source.name, source.preprocess)
+    check_inputs(source.proto, source.name)
+    pre = source.preprocess
+    # a free H/W (an export with dynamic axes) takes the preprocessing's size: the backends' passes
+    # (pooling divisors, shape folding) need it, as NPU toolkits need fixed input sizes
+    proto = fix_spatial(source.proto, pre.crop, pre.crop, pre.layout)
+    return SourceModel(normalize(proto, source.name), source.name, pre)
 
 
 def _load_source(model: Any, preprocess: Preprocess | None) -> SourceModel:

@@ -45,6 +45,8 @@ class Preprocess:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 < value <= 16384:
                 raise InputError(f"Preprocess {name} must be a size in pixels (1..16384), got {value!r}")
+        if self.crop > self.resize:
+            raise InputError(f"Preprocess crop {self.crop} is larger than the resize {self.resize}")
         if not all(np.isfinite(v) for v in self.mean + self.std) or any(v == 0 for v in self.std):
             raise InputError(f"Preprocess mean/std must be finite and std non-zero, got {self.mean} / {self.std}")
 
