@@ -207,11 +207,17 @@ def test_fuzzed_files_raise_only_saved_model_errors_and_never_run_tampered(saved
             blob = _write(tmp_path / "f.uqm", dict(members, **{odd: b"x"})).read_bytes()
         path = tmp_path / f"fuzz{trial}.uqm"
         path.write_bytes(blob)
+        del blob
+        tracemalloc.start()
         try:
             qm = unified.load(path)
         except unified.SavedModelError:
             outcomes["refused"] += 1
             continue
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 64 * 2**20, (trial, kind, peak)  # whatever a member claims to inflate to
         if forged:
             assert all(np.isfinite(t.scale) and t.scale > 0 for t in qm.artifact.graph.tensors.values())
             outcomes["forged"] = outcomes.get("forged", 0) + 1
