@@ -159,3 +159,18 @@ def test_cli_stops_quietly_on_a_broken_pipe(capsys) -> None:
     finally:
         sys.stdout = saved_stdout
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_quantize_reuses_a_build_of_the_same_calibration_content(tiny_model, tiny_calibration, tiny_batch) -> None:
+    first = unified.quantize(tiny_model, backend="tengine", calibration=tiny_calibration, preprocess=PRE16,
+                             rounding="nearest")
+    again = unified.quantize(tiny_model, backend="tengine", calibration=[t.copy() for t in tiny_calibration],
+                             preprocess=PRE16, rounding="nearest")
+    assert (first.from_cache, again.from_cache) == (False, True)
+    np.testing.assert_array_equal(again.run(tiny_batch), first.run(tiny_batch))
+    changed = [t.copy() for t in tiny_calibration]
+    changed[0][0, 0, 0, 0] += 0.5
+    assert not unified.quantize(tiny_model, backend="tengine", calibration=changed, preprocess=PRE16,
+                                rounding="nearest").from_cache
+    assert not unified.quantize(tiny_model, backend="tengine", calibration=tiny_calibration, preprocess=PRE16,
+                                rounding="nearest", cache=False).from_cache

@@ -159,7 +159,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_model, tmp_path, monkeypatch) -> 
 
     monkeypatch.setenv("UNIFIED_CACHE_DIR", str(tmp_path))
     source = resolve_model(tiny_model, PRE16)
-    entry = api._cache_path(fingerprint(source.proto), "ort", "static", {})
+    entry = api._cache_path(fingerprint(source.proto), "ort", "static", {}, PRE16)
     entry.parent.mkdir(parents=True, exist_ok=True)
     entry.write_bytes(b"this is not a zip file")
     qm = unified.quantize(tiny_model, backend="ort", preprocess=PRE16)

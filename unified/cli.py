@@ -126,9 +126,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     options = _parse_options(args.option)
     qm = api.quantize(args.model, backend=args.backend, mode=args.mode, calibration=args.calibration,
-                      preprocess=_preprocess(args), cache=False, **options)
+                      preprocess=_preprocess(args), **options)
     qm.save(args.output)
-    print(f"saved {qm.backend}/{qm.mode} model to {args.output}")
+    reused = " (reused the cached build of the same model, options and calibration)" if qm.from_cache else ""
+    print(f"saved {qm.backend}/{qm.mode} model to {args.output}{reused}")
     if _float_line(qm):
         print(_float_line(qm))
     if qm.input_quant is not None:

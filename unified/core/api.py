@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from unified.inputs.images import ImageLike
 from unified.inputs.model_source import resolve_model
 from unified.inputs.preprocess import Preprocess
 from unified.terminal.progress import scope as progress_scope
+
+log = logging.getLogger("unified")
 
 #: Bump when a change makes previously cached quantized models stale.
 QUANT_CACHE_VERSION = 1
@@ -65,10 +68,13 @@ def _code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _cache_path(model_fp: str, backend: str, mode: str, options: dict[str, Any]) -> Path:
+def _cache_path(model_fp: str, backend: str, mode: str, options: dict[str, Any], preprocess: Preprocess,
+                calibration: str = "default") -> Path:
+    """Where the build of this model, backend, mode, options, preprocessing and calibration content
+    (the hash of its tensors, or "default") with this version of unified's code is cached."""
     key = json.dumps({"model": model_fp, "backend": backend, "mode": mode, "options": options,
-                      "calibration": "default", "v": QUANT_CACHE_VERSION, "code": _code_fingerprint()},
-                     sort_keys=True, default=repr)
+                      "preprocess": preprocess.to_json(), "calibration": calibration,
+                      "v": QUANT_CACHE_VERSION, "code": _code_fingerprint()}, sort_keys=True, default=repr)
     return cache_dir() / "quantized" / f"{backend}-{mode}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.uqm"
 
 
@@ -96,18 +102,18 @@ def quantize(
     cal: CalibrationSet | None = None
     cached_at: Path | None = None
     if spec.needs_calibration(mode, options):
-        if calibration is None:
-            if cache:
-                cached_at = _cache_path(fingerprint(source.proto), backend, mode, options)
-                if cached_at.exists():
-                    try:
-                        return QuantizedModel.load(cached_at)
-                    except SavedModelError:
-                        cached_at.unlink(missing_ok=True)  # stale or damaged cache entry: rebuild
-            cal = default_calibration(source.preprocess)
-        else:
+        if calibration is not None:
             cal = make_calibration_set(calibration, source.preprocess, inputs=input_signature(source.proto))
-        _check_calibration_shape(cal, source.proto)
+            _check_calibration_shape(cal, source.proto)
+        if cache:  # the same model, options and calibration content always give the same build
+            cached_at = _cache_path(fingerprint(source.proto), backend, mode, options, source.preprocess,
+                                    "default" if cal is None else cal.fingerprint())
+            reused = _reuse(cached_at)
+            if reused is not None:
+                return reused
+        if cal is None:
+            cal = default_calibration(source.preprocess)
+            _check_calibration_shape(cal, source.proto)
     with progress_scope(backend):
         artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
                                 options=dict(options, mode=mode), preprocess=source.preprocess)
@@ -115,6 +121,19 @@ def quantize(
                         [name for name, _ in input_signature(source.proto)])
     if cached_at is not None:
         qm.save(cached_at)
+    return qm
+
+
+def _reuse(cached_at: Path) -> QuantizedModel | None:
+    if not cached_at.exists():
+        return None
+    try:
+        qm = QuantizedModel.load(cached_at)
+    except SavedModelError:
+        cached_at.unlink(missing_ok=True)  # stale or damaged cache entry: rebuild
+        return None
+    qm.from_cache = True
+    log.info("%s: reusing the cached build %s (same model, options and calibration)", qm.backend, cached_at.name)
     return qm
 
 

@@ -43,6 +43,8 @@ class QuantizedModel:
         self.options = dict(options or {})
         #: the model's inputs in graph order (a tuple given to `run` follows this order)
         self.input_names = list(input_names or [])
+        #: True when `unified.quantize` reused a cached build instead of building again
+        self.from_cache = False
 
     # -- the I/O contract -------------------------------------------------------------------
     @property
