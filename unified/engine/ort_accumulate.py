@@ -40,4 +40,4 @@ def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = No
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return make_session(model.SerializeToString(), threads, memory_arena=False)
+    return make_session(model.SerializeToString(), threads, shared_arena=True)
