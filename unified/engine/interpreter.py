@@ -33,6 +33,10 @@ class Interpreter:
 
     def __init__(self, graph: IntegerGraph, reference: bool = False) -> None:
         accelerators: dict[str, object] = {name: _float_evaluator(model) for name, model in graph.float_fallback.items()}
+        accelerators.update({  # gemm weights in their exact float carrier, converted once, not per run
+            node.name: np.ascontiguousarray(node.arrays["w"].astype(
+                np.float32 if node.attrs.get("exact") == "float32" else np.float64).T)
+            for node in graph.nodes if node.op == "gemm"})
         if reference:
             graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes])
         else:

@@ -175,7 +175,10 @@ def _with_bias(acc: np.ndarray, node: IntNode, shape: tuple[int, ...]) -> np.nda
 def gemm(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     ftype = np.float32 if node.attrs["exact"] == "float32" else np.float64
     x = inputs[0].astype(ftype) - ftype(node.attrs["zx"])
-    acc = _with_bias(x @ node.arrays["w"].astype(ftype).T, node, (1, -1))
+    w_t = g.accelerators.get(node.name)  # the weights as the float carrier, transposed once up front
+    if w_t is None:
+        w_t = node.arrays["w"].astype(ftype).T
+    acc = _with_bias(x @ w_t, node, (1, -1))
     if tap is not None:
         tap(node.name, "accumulator", acc)
     return [_requant(acc, node, g, acc.ndim - 1)]
