@@ -128,6 +128,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     qm = api.quantize(args.model, backend=args.backend, mode=args.mode, calibration=args.calibration,
                       preprocess=_preprocess(args), **options)
     qm.save(args.output)
+    if args.export_qdq:
+        qm.export_qdq(args.export_qdq)
+        print(f"wrote the QDQ model (float I/O, {qm.backend}'s scales and zero points) to {args.export_qdq}")
     reused = " (reused the cached build of the same model, options and calibration)" if qm.from_cache else ""
     print(f"saved {qm.backend}/{qm.mode} model to {args.output}{reused}")
     if _float_line(qm):
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    p.add_argument("--export-qdq", metavar="OUT.onnx", help="also write a standard ONNX QDQ model")
     _add_preprocess_flags(p)
     p.set_defaults(func=cmd_quantize)
 

@@ -115,6 +115,18 @@ def unified_dequantize_output(backend: str, artifact: QuantizedArtifact, outputs
     """
 
 
+# -- optional: interchange ------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def unified_export_qdq(backend: str, artifact: QuantizedArtifact) -> onnx.ModelProto | None:
+    """Optional: the quantized model as a standard ONNX QDQ model on float I/O, carrying exactly
+    the backend's scales and zero points, runnable by ONNX Runtime.
+
+    Called by `QuantizedModel.export_qdq` (and `unified quantize --export-qdq`). Return None (or
+    do not implement it) when the backend cannot express its model that way.
+    """
+
+
 # -- optional: internals for per-layer analysis ------------------------------------------------
 
 @hookspec(firstresult=True)

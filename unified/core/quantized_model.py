@@ -119,6 +119,19 @@ class QuantizedModel:
         outputs = {name: v[0] for name, v in out.items()} if isinstance(out, dict) else {"output": out[0]}
         return InferenceResult(outputs=outputs, backend=self.backend, mode=self.mode)
 
+    @public_api
+    def export_qdq(self, path: str | os.PathLike) -> None:
+        """Write the model as a standard ONNX QDQ model on float I/O with exactly this backend's
+        scales and zero points (checked by onnx.checker, runnable by ONNX Runtime); atomic."""
+        import onnx
+
+        from unified.core.paths import atomic_write
+
+        model = plugins.call(self.backend, "unified_export_qdq", artifact=self.artifact)
+        onnx.checker.check_model(model)
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(model.SerializeToString())
+
     # -- persistence ------------------------------------------------------------------------
     @public_api
     def save(self, path: str | os.PathLike) -> None:

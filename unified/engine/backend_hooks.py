@@ -29,9 +29,10 @@ class IntegerBackendHooks:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def hooks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        """(unified_infer, unified_dequantize_output, unified_layer_outputs), for a plugin module."""
-        return self.unified_infer, self.unified_dequantize_output, self.unified_layer_outputs
+    def hooks(self) -> tuple[Callable[..., Any], ...]:
+        """(unified_infer, unified_dequantize_output, unified_layer_outputs, unified_export_qdq),
+        for a plugin module."""
+        return self.unified_infer, self.unified_dequantize_output, self.unified_layer_outputs, self.unified_export_qdq
 
     @hookimpl
     def unified_infer(self, backend: str, artifact: IntegerArtifact, inputs: np.ndarray) -> np.ndarray | None:
@@ -40,6 +41,14 @@ class IntegerBackendHooks:
     @hookimpl
     def unified_dequantize_output(self, backend: str, artifact: IntegerArtifact, outputs: np.ndarray) -> np.ndarray | None:
         return artifact.dequantize(outputs) if backend == self.name else None
+
+    @hookimpl
+    def unified_export_qdq(self, backend: str, artifact: IntegerArtifact):
+        if backend != self.name:
+            return None
+        from unified.engine.qdq_export import export_qdq_float_io
+
+        return export_qdq_float_io(artifact.graph)
 
     @hookimpl
     def unified_layer_outputs(self, backend: str, artifact: IntegerArtifact, inputs: np.ndarray,

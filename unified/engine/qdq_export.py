@@ -210,3 +210,58 @@ def export_qdq(g: IntegerGraph, nodes: Iterable[IntNode] | None = None, opset: i
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
     return model
+
+
+def export_qdq_float_io(g: IntegerGraph, opset: int = 21) -> onnx.ModelProto:
+    """The whole graph as a standard QDQ model on float I/O, as other tools exchange them: each
+    input is quantized with its own scale and zero point (QuantizeLinear), each output
+    dequantized (DequantizeLinear), and the tensor names are the float model's. The params are
+    exactly the backend's; QuantizeLinear rounds half to even, as ONNX defines it."""
+    from unified.engine.interpreter import Interpreter
+
+    model = export_qdq(g, opset=opset)
+    graph = model.graph
+    # graph I/O need shapes: the inputs' own (a free batch stays a name), the outputs' from one run
+    probe = {name: np.zeros([d if isinstance(d, int) else 1 for d in shape], g.dtype)
+             for name, shape in zip(g.input_names, g.input_shapes)}
+    produced = Interpreter(g, reference=True).run(probe if len(probe) > 1 else next(iter(probe.values())))
+    produced = produced if isinstance(produced, dict) else {g.output_name: produced}
+    shapes = dict(zip(g.input_names, g.input_shapes))
+    for name, value in produced.items():
+        batch = g.input_shapes[0][0] if g.input_shapes and g.input_shapes[0] else 1
+        shapes[name] = [batch if i == 0 else d for i, d in enumerate(value.shape)]
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[value.name]:
+            dim = dims.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = str(d)
+    renames = {v.name: f"{v.name}__q" for v in list(graph.input) + list(graph.output)}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renames.get(name, name)
+    boundary = []
+    for value in graph.input:
+        t = g.tensors[value.name]
+        s, z = f"{value.name}__scale", f"{value.name}__zero_point"
+        graph.initializer.extend([numpy_helper.from_array(np.float32(t.scale), s),
+                                  numpy_helper.from_array(np.asarray(t.zero_point, g.dtype), z)])
+        boundary.append(helper.make_node("QuantizeLinear", [value.name, s, z], [renames[value.name]]))
+        value.type.tensor_type.elem_type = TensorProto.FLOAT
+    for value in graph.output:
+        t = g.tensors[value.name]
+        s, z = f"{value.name}__out_scale", f"{value.name}__out_zero_point"
+        graph.initializer.extend([numpy_helper.from_array(np.float32(t.scale), s),
+                                  numpy_helper.from_array(np.asarray(t.zero_point, g.dtype), z)])
+        graph.node.append(helper.make_node("DequantizeLinear", [renames[value.name], s, z], [value.name]))
+        value.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = boundary + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model

@@ -114,6 +114,16 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
 
 
 @hookimpl
+def unified_export_qdq(backend: str, artifact: OrtArtifact) -> onnx.ModelProto | None:
+    """ort's static model is already a QDQ model on float I/O (fp32 and dynamic are not QDQ)."""
+    if backend != NAME:
+        return None
+    if artifact.mode != "static":
+        raise BackendError(f"ort: only mode 'static' is a QDQ model; this one is {artifact.mode!r}")
+    return onnx.load_from_string(artifact.model_bytes)
+
+
+@hookimpl
 def unified_quantize_input(backend: str, artifact: OrtArtifact, batch):
     if backend != NAME:
         return None

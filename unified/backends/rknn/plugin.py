@@ -85,4 +85,5 @@ def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.nd
 
 
 # Running the integer graph, dequantizing and per-layer tensors are the engine's, bound to our name.
-unified_infer, unified_dequantize_output, unified_layer_outputs = IntegerBackendHooks(NAME).hooks()
+(unified_infer, unified_dequantize_output, unified_layer_outputs,
+ unified_export_qdq) = IntegerBackendHooks(NAME).hooks()
