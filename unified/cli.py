@@ -135,6 +135,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"saved {qm.backend}/{qm.mode} model to {args.output}{reused}")
     if _float_line(qm):
         print(_float_line(qm))
+    if qm.import_report:
+        print(f"{qm.backend}: imported a QDQ model; {len(qm.import_report)} tensor(s) not adopted as given, "
+              f"e.g. {qm.import_report[0]}")
     if qm.input_quant is not None:
         print(f"input:  {qm.input_quant}")
         print(f"output: {qm.output_quant}")

@@ -101,7 +101,11 @@ def quantize(
     source = resolve_model(model, preprocess)
     cal: CalibrationSet | None = None
     cached_at: Path | None = None
-    if spec.needs_calibration(mode, options):
+    if source.imported is not None:  # an already quantized model: its params replace calibration
+        if calibration is not None:
+            cal = make_calibration_set(calibration, source.preprocess,
+                                       inputs=input_signature(source.imported.float_model))
+    elif spec.needs_calibration(mode, options):
         if calibration is not None:
             cal = make_calibration_set(calibration, source.preprocess, inputs=input_signature(source.proto))
             _check_calibration_shape(cal, source.proto)
@@ -116,7 +120,8 @@ def quantize(
             _check_calibration_shape(cal, source.proto)
     with progress_scope(backend):
         artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
-                                options=dict(options, mode=mode), preprocess=source.preprocess)
+                                options=dict(options, mode=mode), preprocess=source.preprocess,
+                                imported=source.imported)
     qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options,
                         [name for name, _ in input_signature(source.proto)])
     if cached_at is not None:

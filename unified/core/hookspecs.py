@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # imports for annotations only: the hook module must stay imp
 
     from unified.core.artifact import QuantizedArtifact
     from unified.core.backend_spec import BackendSpec
+    from unified.graph.qdq_import import ImportedQdq
     from unified.inputs.calibration import CalibrationSet
     from unified.inputs.preprocess import Preprocess
 
@@ -56,6 +57,7 @@ def unified_quantize(
     calibration: CalibrationSet | None,
     options: Mapping[str, Any],
     preprocess: Preprocess,
+    imported: ImportedQdq | None,
 ) -> QuantizedArtifact | None:
     """Quantize a checked float ONNX model for `backend`.
 
@@ -67,6 +69,9 @@ def unified_quantize(
         Reject unknown names (`reject_unknown_options`), so a typo fails loudly.
     :param preprocess: how images become the model's input (mean/std in pixel units), for NPU
         backends that fold normalization into their integer input.
+    :param imported: set when the user gave an already quantized QDQ model (then `model` is that
+        QDQ model as given): its float graph and the params it carries, to adopt where your scheme
+        can express them; `calibration` is then None unless the user passed some anyway.
     :return: your artifact (see `QuantizedArtifact`): it is saved, loaded and passed back to you.
 
     Called by `unified.quantize` (and `infer`/`compare`, which quantize first), once per build.

@@ -61,6 +61,13 @@ class QuantizedModel:
         return self.artifact.output_quant
 
     @property
+    def import_report(self) -> list[str]:
+        """For an imported QDQ model: each tensor whose params were not adopted as given, and why
+        ([] when everything was adopted, or the model was not imported)."""
+        extra = getattr(self.artifact, "extra", None) or {}
+        return list(extra.get("import_report", []))
+
+    @property
     def float_nodes(self) -> dict[str, str]:
         """Nodes this backend runs in float (hybrid execution), each with the reason; {} when the
         whole model runs on the backend's own scheme."""

@@ -103,10 +103,13 @@ class _Builder:
             y = self.act_clip(y, node, out)
         elif op == "gemm":
             w, b = self.weights(node, self.g.tensors[node.inputs[0]].scale)
-            wt, prod = self.uid("wt"), self.uid("prod")  # MatMul + Add: also right for N-D inputs
-            self.nodes.append(helper.make_node("Transpose", [w], [wt], perm=[1, 0]))
-            self.nodes.append(helper.make_node("MatMul", [ins[0], wt], [prod]))
-            self.nodes.append(helper.make_node("Add", [prod, b], [y]))
+            if a.get("input_rank", 2) == 2:
+                self.nodes.append(helper.make_node("Gemm", [ins[0], w, b], [y], transB=1))
+            else:  # N-D input: MatMul + Add
+                wt, prod = self.uid("wt"), self.uid("prod")
+                self.nodes.append(helper.make_node("Transpose", [w], [wt], perm=[1, 0]))
+                self.nodes.append(helper.make_node("MatMul", [ins[0], wt], [prod]))
+                self.nodes.append(helper.make_node("Add", [prod, b], [y]))
             y = self.act_clip(y, node, out)
         elif op in ("add", "mul"):
             self.nodes.append(helper.make_node("Add" if op == "add" else "Mul", ins, [y]))

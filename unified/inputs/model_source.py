@@ -13,6 +13,7 @@ import onnx
 
 from unified.core.errors import ModelError
 from unified.graph.frontend import check_inputs, fix_spatial, normalize
+from unified.graph.qdq_import import ImportedQdq, is_qdq, split_qdq
 from unified.graph.onnx_model import check_model, input_shape, load_onnx
 from unified.inputs.preprocess import Preprocess
 from unified.inputs.zoo import DEFAULT_MODEL, ZOO, export_torch, load_zoo_model
@@ -28,6 +29,8 @@ class SourceModel:
     proto: onnx.ModelProto
     name: str
     preprocess: Preprocess
+    #: set for an already quantized QDQ model: its float graph (normalized) and its params
+    imported: ImportedQdq | None = None
 
 
 def input_layout(shape: tuple[int | str, ...]) -> str:
@@ -69,6 +72,10 @@ def resolve_model(model: Any = None, preprocess: Preprocess | None = None) -> So
     source = _load_source(model, preprocess)
     check_inputs(source.proto, source.name)
     pre = source.preprocess
+    if is_qdq(source.proto):  # split before the front end, which would fold the weights' DequantizeLinear
+        imported = split_qdq(source.proto)
+        imported.float_model = normalize(fix_spatial(imported.float_model, pre.crop, pre.crop, pre.layout), source.name)
+        return SourceModel(source.proto, source.name, pre, imported)
     # a free H/W (an export with dynamic axes) takes the preprocessing's size: the backends' passes
     # (pooling divisors, shape folding) need it, as NPU toolkits need fixed input sizes
     proto = fix_spatial(source.proto, pre.crop, pre.crop, pre.layout)

@@ -5,18 +5,20 @@ rounding -> calibrate activation statistics with ORT -> lower to an `IntegerGrap
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 
-from unified.core.errors import CalibrationError, ModelError
+from unified.core.errors import CalibrationError, ModelError, ScaleFileError
+from unified.core.quant_params import QuantParams
 from unified.engine.integer_graph import IntegerGraph
 from unified.engine.lowering import RangeSource, lower
 from unified.engine.scale_table import check_names
 from unified.engine.scheme import Scheme
 from unified.graph.onnx_model import from_weight_rows, weight_rows
 from unified.graph.prepare import prepare
+from unified.graph.qdq_import import ImportedQdq
 from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
 from unified.quant.bias_correction import correct_biases
@@ -112,3 +114,44 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
     return lower(prepared, scheme, range_source(scheme, options, stats),
                  input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given_params,
                  strict=options.strict)
+
+
+def build_from_qdq(imported: ImportedQdq, calibration: CalibrationSet | None, scheme: Scheme,
+                   options: BuildOptions) -> tuple[IntegerGraph, list[str]]:
+    """An already quantized QDQ model on this scheme: its params adopted where the scheme can express
+    them exactly, the rest re-fitted (from `calibration` if given), and a report line for each
+    tensor not adopted.
+
+    8-bit activations of either signedness map exactly (same scale, zero point shifted by 128);
+    weights are adopted when their granularity fits (per-channel params on a per-tensor scheme
+    are re-fitted from the on-grid float weights). Bias correction and adaptive rounding are off:
+    the weights are the QDQ model's.
+    """
+    report: list[str] = []
+    given: dict[str, QuantParams] = {}
+    for name, p in imported.activations.items():
+        if p.per_channel or p.dtype not in ("int8", "uint8"):
+            report.append(f"{name}: re-fit ({p.dtype}{', per channel' if p.per_channel else ''} activation)")
+            continue
+        shift = scheme.qmin - int(np.iinfo(p.dtype).min)
+        given[name] = scheme.params(float(p.scale.reshape(-1)[0]), int(p.zero_point.reshape(-1)[0]) + shift)
+    weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, p in imported.weights.items():
+        if p.per_channel and not scheme.per_channel_weights:
+            report.append(f"{name}: re-fit per channel -> per tensor ({scheme.name} quantizes weights per tensor)")
+            continue
+        shift = scheme.wmin - int(np.iinfo(p.dtype).min)
+        weights[name] = (p.scale.reshape(-1), p.zero_point.reshape(-1) + shift)
+    prepared = prepare(imported.float_model)
+    stats = collect(prepared, calibration, options.range_method) if calibration is not None else None
+    ranges = replace(range_source(scheme, options, stats), given_weights=weights)
+    try:
+        graph = lower(prepared, scheme, ranges, None, set(options.float_fallback), given, strict=options.strict,
+                      given_input=True)
+    except ScaleFileError as exc:
+        raise CalibrationError(f"{scheme.name}: the QDQ model carries no params for some tensors "
+                               f"({str(exc).split(': ', 1)[-1][:300]}); pass calibration data to fit them") from None
+    constants = {o for n in graph.nodes if n.op == "const" for o in n.outputs}
+    report += [f"{name}: calibrated (no params in the QDQ model)" for name in graph.tensors
+               if name not in given and name not in constants]
+    return graph, report

@@ -91,7 +91,7 @@ def unified_register_backends(register) -> None:
 
 @hookimpl
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
-                     options: Mapping[str, Any]) -> OrtArtifact | None:
+                     options: Mapping[str, Any], imported: Any) -> OrtArtifact | None:
     if backend != NAME:
         return None
     from unified.backends.ort import quantizer
@@ -103,12 +103,17 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     if foreign:
         raise BackendError(f"ort: option(s) {', '.join(foreign)} do not apply to mode {mode!r} "
                            f"(its options: {', '.join(sorted(MODE_OPTIONS[mode])) or 'none'})")
+    if imported is not None:  # an already quantized QDQ model: ORT runs it as it is
+        if mode == "static":
+            return OrtArtifact(model.SerializeToString(), mode)
+        model = imported.float_model
     if mode == "fp32":
         return OrtArtifact(model.SerializeToString(), mode)
     if mode == "dynamic":
         return OrtArtifact(quantizer.quantize_dynamic_uint8(model, opts), mode)
     if mode == "static":
-        assert calibration is not None
+        if calibration is None:
+            raise BackendError("ort: static quantization needs calibration data")
         return OrtArtifact(quantizer.quantize_static_qdq(model, calibration, opts), mode)
     raise BackendError(f"ort has no mode {mode!r}")
 

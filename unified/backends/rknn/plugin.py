@@ -30,7 +30,7 @@ from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_sp
 from unified.engine.integer_artifact import IntegerArtifact
 from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
-from unified.quant.pipeline import BuildOptions, build_integer_graph
+from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_graph
 
 NAME = "rknn"
 ALGORITHMS = {
@@ -52,7 +52,7 @@ def unified_register_backends(register) -> None:
 
 @hookimpl
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
-                     options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
+                     options: Mapping[str, Any], preprocess: Preprocess, imported: Any) -> IntegerArtifact | None:
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
     algorithm = option_choice(NAME, options, "quantized_algorithm", ALGORITHMS, "mmse")
     method = option_choice(NAME, options, "quantized_method", ("channel", "layer"), "channel")
@@ -62,9 +62,12 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))
     pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
-    graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
-    return IntegerArtifact(graph, "NHWC", {"preprocess": pre.to_json(), "quantized_algorithm": algorithm,
-                                           "quantized_method": method}, model_layout=pre.layout)
+    extra: dict[str, Any] = {"preprocess": pre.to_json(), "quantized_algorithm": algorithm, "quantized_method": method}
+    if imported is not None:  # an already quantized QDQ model: adopt its params
+        graph, extra["import_report"] = build_from_qdq(imported, calibration, RknnScheme(method), build)
+    else:
+        graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
+    return IntegerArtifact(graph, "NHWC", extra, model_layout=pre.layout)
 
 
 @hookimpl

@@ -33,7 +33,7 @@ from unified.engine.integer_artifact import IntegerArtifact
 from unified.engine.scale_table import read_scale_table, write_scale_table
 from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
-from unified.quant.pipeline import BuildOptions, build_integer_graph
+from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_graph
 
 NAME = "tengine"
 ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}
@@ -60,7 +60,7 @@ def unified_register_backends(register) -> None:
 
 @hookimpl
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
-                     options: Mapping[str, Any], preprocess: Preprocess) -> IntegerArtifact | None:
+                     options: Mapping[str, Any], preprocess: Preprocess, imported: Any) -> IntegerArtifact | None:
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
     algorithm = option_choice(NAME, options, "algorithm", ALGORITHMS, "minmax")
     rounding = option_choice(NAME, options, "rounding", ROUNDINGS, "adaptive")
@@ -75,9 +75,13 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     scale = options.get("scale")  # Tengine's -s multiplies: std is its inverse
     pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
-    graph = build_integer_graph(model, calibration, TengineScheme(symmetric=algorithm == "aciq"), build, None, given)
-    return IntegerArtifact(graph, pre.layout, {"preprocess": pre.to_json(), "algorithm": algorithm,
-                                               "rounding": rounding}, model_layout=pre.layout)
+    extra: dict[str, Any] = {"preprocess": pre.to_json(), "algorithm": algorithm, "rounding": rounding}
+    scheme = TengineScheme(symmetric=algorithm == "aciq")
+    if imported is not None:  # an already quantized QDQ model: adopt its params
+        graph, extra["import_report"] = build_from_qdq(imported, calibration, scheme, build)
+    else:
+        graph = build_integer_graph(model, calibration, scheme, build, None, given)
+    return IntegerArtifact(graph, pre.layout, extra, model_layout=pre.layout)
 
 
 def write_scale_file(artifact: IntegerArtifact, path: str | os.PathLike) -> None:

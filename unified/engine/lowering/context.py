@@ -43,6 +43,8 @@ class RangeSource:
 
     activation: Callable[[str], tuple[float, float]] | None
     weight: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    #: weights whose (scales, zero points) are given, by initializer name (an imported QDQ model)
+    given_weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 class DegenerateRangeWarning(UserWarning):
@@ -202,9 +204,15 @@ class LoweringContext:
         return qlo, qhi
 
     # -- weights --------------------------------------------------------------------------------
-    def quantized_weights(self, w: np.ndarray, bias: np.ndarray | None = None,
-                          input_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(integer weights, per-row scales, per-row zero points) under the scheme."""
+    def quantized_weights(self, w: np.ndarray, bias: np.ndarray | None = None, input_scale: float = 1.0,
+                          name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(integer weights, per-row scales, per-row zero points) under the scheme; an imported
+        model's own weight params where it gives them (its weights lie on that grid exactly)."""
+        given = (self.ranges.given_weights or {}).get(name or "")
+        if given is not None:
+            scale = np.broadcast_to(np.asarray(given[0], np.float64), (w.shape[0],)).copy()
+            zp = np.broadcast_to(np.asarray(given[1], np.int64), (w.shape[0],)).copy()
+            return self.scheme.quantize_weight(w, scale, zp), scale, zp
         lo, hi = self.ranges.weight(w)
         scale, zp = self.scheme.weight_params(lo, hi)
         if bias is not None:

@@ -73,7 +73,7 @@ def _emit_weighted(ctx: LoweringContext, node: onnx.NodeProto, w: np.ndarray, bi
     out_name = act.output[0] if act is not None else node.output[0]
     bounds = ctx.clip_bounds(act)
     to = ctx.output_params(out_name, bounds)
-    wq, sw, zw = ctx.quantized_weights(w, bias, tx.scale)
+    wq, sw, zw = ctx.quantized_weights(w, bias, tx.scale, node.input[1])
     w_shifted = (wq - zw.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.int16)
     bias_scale = ctx.scheme.bias_scale(tx.scale, sw)
     bq = np.zeros(w.shape[0], np.int64) if bias is None else np.clip(
@@ -88,6 +88,7 @@ def _emit_weighted(ctx: LoweringContext, node: onnx.NodeProto, w: np.ndarray, bi
                              "requant_f64": bool(np.all(acc_bound.astype(np.float64) * mult < 2.0**53)),
                              "preact": node.output[0]}
     attrs.update(op_attrs)
+    attrs["input_rank"] = len(ctx.shapes.get(x) or [])
     source = node.op_type + (f"+{act.op_type}" if act is not None else "")
     arrays = {"w": w_shifted, "bias": bq, "mult": mult, "shift": shift,
               "w_zero_point": zw.astype(np.int64), "w_scale": sw.astype(np.float64)}

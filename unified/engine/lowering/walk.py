@@ -68,7 +68,8 @@ def summarize_float_nodes(reasons: dict[str, str], op_types: dict[str, str], sch
 
 def lower(model: onnx.ModelProto, scheme: Scheme, ranges: RangeSource,
           input_range: tuple[float, float] | None = None, float_fallback: set[str] | None = None,
-          given: dict[str, QuantParams] | None = None, strict: bool = False) -> IntegerGraph:
+          given: dict[str, QuantParams] | None = None, strict: bool = False,
+          given_input: bool = False) -> IntegerGraph:
     """Lower `model` under `scheme`.
 
     `input_range`: the float range of the model input when it is fixed by folded preprocessing
@@ -80,7 +81,7 @@ def lower(model: onnx.ModelProto, scheme: Scheme, ranges: RangeSource,
     ctx = LoweringContext(model, scheme, ranges, forced, given)
     inputs = [i.name for i in graph_inputs(model)]
     for x in inputs:  # folded preprocessing fixes the range of a single image input
-        if input_range and len(inputs) == 1 and x not in ctx.given:
+        if input_range and len(inputs) == 1 and x not in ctx.given and not given_input:
             ctx.tensors[x] = ctx.params_from_range(*input_range, name=x)
         else:
             ctx.tensors[x] = ctx.calibrated(x)
