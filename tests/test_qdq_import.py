@@ -130,3 +130,13 @@ def test_missing_params_without_calibration_say_what_to_do(tiny_batch) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(unified.CalibrationError, match="carries no params for some tensors.*out.*pass calibration"):
         unified.quantize(model, backend="rknn", preprocess=PRE16)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5])
+def test_a_bad_scale_in_a_qdq_model_is_named(bad, tiny_model, tiny_calibration, tmp_path) -> None:
+    qdq = _ort_qdq(tiny_model, tiny_calibration, False, "uint8", tmp_path)
+    q = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear")
+    scale = next(t for t in qdq.graph.initializer if t.name == q.input[1])
+    scale.CopyFrom(onnx.numpy_helper.from_array(np.float32(bad), scale.name))
+    with pytest.raises(unified.ModelError, match=f"scale \\[{bad}\\] must be finite and > 0"):
+        unified.quantize(qdq, backend="rknn")

@@ -53,6 +53,9 @@ def _params(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> QdqParams:
     if node.input[1] not in inits or (len(node.input) > 2 and node.input[2] and node.input[2] not in inits):
         raise ModelError(f"{node.op_type} node {node.name or node.output[0]!r}: scale and zero point must be constant")
     scale = np.asarray(inits[node.input[1]], np.float64)
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise ModelError(f"{node.op_type} node {node.name or node.output[0]!r}: scale {scale.reshape(-1)[:4].tolist()} "
+                         "must be finite and > 0")
     zero = np.asarray(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale, np.uint8)
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
     zero = zero.astype(np.int64)
