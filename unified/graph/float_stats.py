@@ -6,7 +6,7 @@ tensors as extra graph outputs and run the float model once over the calibration
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import onnx
@@ -15,7 +15,9 @@ from onnx import helper
 
 from unified.graph.onnx_model import graph_inputs
 from unified.graph.ort_session import make_session
-from unified.inputs.calibration import CalibrationSet
+
+if TYPE_CHECKING:  # calibration sets come from `inputs`; graph needs only their batches
+    from unified.inputs.calibration import CalibrationSet
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
