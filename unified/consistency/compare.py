@@ -20,6 +20,7 @@ from unified.core.api import quantize
 from unified.core.errors import ImageError, UnifiedError, public_api
 from unified.core.quantized_model import concatenate_outputs
 from unified.inputs.model_source import resolve_model
+from unified.inputs.zoo import DEFAULT_MODEL
 from unified.inputs.preprocess import Preprocess
 from unified.terminal.progress import progress
 from unified.terminal.table import format_table
@@ -232,7 +233,10 @@ def compare(model: Any = None, images: Any = None, backends: Sequence[Any] = ("o
     source = resolve_model(model, preprocess)
     x = _as_batch(images, source.preprocess)
     entries = _backend_entries(backends)
-    model_arg = model if model is not None else source.proto
+    # the model as the user named it (the zoo name by default, so cached builds are reused) and the
+    # preprocessing resolved once: a guessed normalization is announced once, not per backend
+    model_arg = model if model is not None else DEFAULT_MODEL
+    preprocess = preprocess or source.preprocess
     fp32 = quantize(model_arg, backend="ort", mode="fp32", preprocess=preprocess)
     ref, _ = _run(fp32, x, batch_size, "ort fp32")
     k = min(layer_images, len(x))
