@@ -111,8 +111,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                                    preprocess=preprocess, **options)
         result = qm.infer(image)
         print(f"\n{backend} / {mode}")
-        if _float_line(qm):
-            print(_float_line(qm))
+        if line := _float_line(qm):
+            print(line)
         if result.scores_name is not None:
             print(format_table(["rank", "class", "label", "probability"],
                                [(i + 1, idx, label, f"{p:.4f}") for i, (idx, label, p) in enumerate(result.top5)]))
@@ -133,8 +133,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(f"wrote the QDQ model (float I/O, {qm.backend}'s scales and zero points) to {args.export_qdq}")
     reused = " (reused the cached build of the same model, options and calibration)" if qm.from_cache else ""
     print(f"saved {qm.backend}/{qm.mode} model to {args.output}{reused}")
-    if _float_line(qm):
-        print(_float_line(qm))
+    if line := _float_line(qm):
+        print(line)
     if qm.import_report:
         print(f"{qm.backend}: imported a QDQ model; {len(qm.import_report)} tensor(s) not adopted as given, "
               f"e.g. {qm.import_report[0]}")

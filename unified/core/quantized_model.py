@@ -77,15 +77,26 @@ class QuantizedModel:
     @public_api
     def quantize_input(self, batch: np.ndarray) -> np.ndarray:
         """Float batch (model space) -> the backend's native input (identity for float backends)."""
-        return plugins.call(self.backend, "unified_quantize_input", artifact=self.artifact, batch=batch)
+        check_batch(batch)
+        return self._quantize_input(batch)
 
     @public_api
     def run_quantized(self, native_input: np.ndarray) -> np.ndarray:
         """Expert path: the backend's native input in, its native output out (no (de)quantization)."""
-        return plugins.call(self.backend, "unified_infer", artifact=self.artifact, inputs=native_input)
+        return self._infer(native_input)
 
     @public_api
     def dequantize_output(self, native_output: Any) -> np.ndarray | dict[str, np.ndarray]:
+        return self._dequantize_output(native_output)
+
+    # the three hooks, routed to the backend; `run` checks its input once and calls these directly
+    def _quantize_input(self, batch: Any) -> Any:
+        return plugins.call(self.backend, "unified_quantize_input", artifact=self.artifact, batch=batch)
+
+    def _infer(self, native_input: Any) -> Any:
+        return plugins.call(self.backend, "unified_infer", artifact=self.artifact, inputs=native_input)
+
+    def _dequantize_output(self, native_output: Any) -> np.ndarray | dict[str, np.ndarray]:
         out = plugins.call(self.backend, "unified_dequantize_output", artifact=self.artifact, outputs=native_output)
         if isinstance(out, dict):
             return {name: np.asarray(v, dtype=np.float32) for name, v in out.items()}
@@ -109,7 +120,7 @@ class QuantizedModel:
         return self._run_native(x)
 
     def _run_native(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
-        return self.dequantize_output(self.run_quantized(self.quantize_input(x)))
+        return self._dequantize_output(self._infer(self._quantize_input(x)))
 
     @property
     def fixed_batch(self) -> int | None:

@@ -6,8 +6,7 @@ Sub/Mul/Add, computed pads. The front end turns all of that into a plain graph:
 
 1. the default-domain opset is raised to at least `MIN_OPSET` with `onnx.version_converter`
    (ORT's QDQ quantizer writes per-channel DequantizeLinear, which needs opset 13);
-2. optionally the batch dimension is fixed (NPU toolkits compile for fixed input sizes);
-3. onnxslim folds constants and shape arithmetic, removes Identity/no-op nodes and fuses
+2. onnxslim folds constants and shape arithmetic, removes Identity/no-op nodes and fuses
    simple patterns; it keeps a free batch dimension free (shapes become [-1, ...]).
 
 Why onnxslim: it is maintained, pure Python (it runs wherever onnx does, no compiled wheel), folds
@@ -48,24 +47,6 @@ def upgrade_opset(model: onnx.ModelProto, name: str, minimum: int = MIN_OPSET) -
     return converted
 
 
-def fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy whose graph inputs have batch dimension `batch` where it was free (symbolic or 0)."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value in fixed.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].dim_value:
-            dims[0].Clear()
-            dims[0].dim_value = batch
-    for value in fixed.graph.output:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].dim_value:
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-    del fixed.graph.value_info[:]
-    return fixed
-
-
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -102,17 +83,6 @@ def fix_spatial(model: onnx.ModelProto, height: int, width: int, layout: str) ->
     return fixed
 
 
-def has_free_batch(model: onnx.ModelProto) -> bool:
-    initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].dim_value:
-            return True
-    return False
-
-
 def slim(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """Constant folding, shape-arithmetic folding and dead-node removal by onnxslim."""
     import onnxslim
@@ -126,11 +96,9 @@ def slim(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return slimmed if isinstance(slimmed, onnx.ModelProto) else model
 
 
-def normalize(model: onnx.ModelProto, name: str = "model", batch: int | None = None) -> onnx.ModelProto:
-    """The front end: opset >= 13, [fixed batch], folded and slimmed, checked, shapes inferred."""
+def normalize(model: onnx.ModelProto, name: str = "model") -> onnx.ModelProto:
+    """The front end: opset >= 13, folded and slimmed, checked, shapes inferred."""
     out = upgrade_opset(model, name)
-    if batch is not None:
-        out = fix_batch(out, batch)
     out = slim(out, name)
     try:
         onnx.checker.check_model(out)

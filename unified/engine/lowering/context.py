@@ -51,13 +51,18 @@ class DegenerateRangeWarning(UserWarning):
     """A tensor's calibrated range was too narrow to quantize and was widened."""
 
 
-def multiplier(real: np.ndarray | float, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+class RequantizationRangeError(CalibrationError):
+    """A layer's input and output scales are too far apart for fixed-point requantization (the
+    lowering walk names the node)."""
+
+
+def multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-point (multiplier, shift) of a real rescale factor (TFLite's QuantizeMultiplier)."""
     try:
         return quantize_multiplier(real)
     except ValueError as exc:
-        raise CalibrationError(f"{where or 'a layer'}: {exc}; its input and output ranges differ too much "
-                               "to requantize (check the calibration data)") from None
+        raise RequantizationRangeError(f"{exc}; its input and output ranges differ too much to requantize "
+                                       "(check the calibration data)") from None
 
 
 class LoweringContext:

@@ -14,7 +14,7 @@ import onnx
 from unified.core.errors import CalibrationError, ScaleFileError, UnsupportedOperatorError
 from unified.core.quant_params import QuantParams
 from unified.engine.integer_graph import IntegerGraph
-from unified.engine.lowering.context import LoweringContext, RangeSource, node_key
+from unified.engine.lowering.context import LoweringContext, RangeSource, RequantizationRangeError, node_key
 from unified.engine.lowering.registry import FLOAT_FALLBACK, LOWERINGS
 from unified.engine.scheme import Scheme
 from unified.graph.onnx_model import graph_inputs
@@ -39,10 +39,8 @@ def _lower_node(ctx: LoweringContext, node: onnx.NodeProto, forced: set[str]) ->
         try:
             LOWERINGS[node.op_type](ctx, node)
             return
-        except CalibrationError as exc:
-            if str(exc).startswith("a layer"):
-                raise CalibrationError(f"{node.op_type} node {key!r}" + str(exc)[len("a layer"):]) from None
-            raise
+        except RequantizationRangeError as exc:
+            raise CalibrationError(f"{node.op_type} node {key!r}: {exc}") from None
         except UnsupportedOperatorError as exc:
             ctx.restore(mark)
             reason = str(exc).split(": ", 1)[-1] if str(exc).startswith(node.op_type) else str(exc)
