@@ -34,6 +34,8 @@ from unified.core.hookspecs import hookimpl
 from unified.core.quant_params import QuantParams
 from unified.core.quantized_model import QuantizedModel
 from unified.core.result import InferenceResult
+from unified.evaluation.evaluate import evaluate
+from unified.evaluation.report import EvaluationReport
 from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
 
@@ -43,5 +45,5 @@ __all__ = [
     "BackendError", "BackendNotFoundError", "BackendSpec", "CalibrationError", "CalibrationSet",
     "ImageError", "InferenceResult", "InputError", "ModelError", "PluginError", "Preprocess", "QuantParams",
     "QuantizedModel", "SavedModelError", "ScaleFileError", "UnifiedError", "UnsupportedOperatorError",
-    "CompareReport", "backends", "compare", "hookimpl", "infer", "load", "quantize",
+    "CompareReport", "EvaluationReport", "backends", "compare", "evaluate", "hookimpl", "infer", "load", "quantize",
 ]

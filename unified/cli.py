@@ -1,4 +1,4 @@
-"""The `unified` command: infer, quantize, compare, backends.
+"""The `unified` command: infer, quantize, compare, eval, backends.
 
 With no model given, the built-in pretrained EfficientNet-Lite0 is used; with no image, the
 bundled cat photo. `unified infer` with no `--backend` runs every installed backend and mode.
@@ -167,12 +167,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if worst:
             print(f"  {b.label}: most error enters at " + "; ".join(
                 f"{l.tensor} (single {l.single_sqnr_db:.1f} dB, entire {l.entire_sqnr_db:.1f} dB)" for l in worst))
-    if args.json:
+    _write_report(report, args)
+    return 0
+
+
+def _write_report(report: Any, args: argparse.Namespace) -> None:
+    if args.json and args.json != "-":
         report.save_json(args.json)
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(args.plot)
         print(f"wrote {args.plot}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unified.evaluation.evaluate import evaluate
+
+    report = evaluate(args.model, args.dataset, backends=args.backends, executor=args.executor,
+                      address=args.address, workers=args.workers, calibration=args.calibration,
+                      layer_images=args.layer_images, shard_size=args.shard_size, preprocess=_preprocess(args))
+    if args.json == "-":  # machine-readable on stdout, nothing else there
+        print(json.dumps(report.to_json(), indent=1, default=float))
+        return 0
+    print(report.table())
+    for skipped in report.skipped[:5]:
+        print(f"  skipped {skipped.path}: {skipped.reason}")
+    if len(report.skipped) > 5:
+        print(f"  ... and {len(report.skipped) - 5} more unreadable images (all in the JSON report)")
+    _write_report(report, args)
     return 0
 
 
@@ -214,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG of per-layer error across backends")
     _add_preprocess_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("eval", help="evaluate backends on a dataset: accuracy, agreement with fp32, throughput")
+    p.add_argument("dataset", help="folder of images, class-per-folder tree, dataset.txt or labels file "
+                                   "('path class_index' per line)")
+    p.add_argument("--model", help="zoo name or .onnx file (default: efficientnet_lite0)")
+    p.add_argument("--backends", nargs="+", default=["ort", "rknn", "tengine"])
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--address", help="Ray cluster to join: auto or ray://host:10001 (default: start Ray here)")
+    p.add_argument("--workers", type=int, help="CPUs of the Ray started here (default: all)")
+    p.add_argument("--calibration", help="folder of images or dataset.txt (default: built-in photo crops)")
+    p.add_argument("--layer-images", type=int, default=8, help="images used by the per-layer analysis")
+    p.add_argument("--shard-size", type=int, default=25, help="images per shard (one task)")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help="write the report as JSON to PATH (no PATH: print it instead of the table)")
+    p.add_argument("--plot", help="write a PNG of per-layer error across backends")
+    _add_preprocess_flags(p)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

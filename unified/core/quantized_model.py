@@ -17,7 +17,7 @@ from unified.core.backend_spec import BackendSpec
 from unified.core.errors import InputError, SavedModelError, public_api
 from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
-from unified.core.saved_model import read_container, write_container
+from unified.core.saved_model import container_bytes, read_container, read_container_bytes, write_container
 from unified.inputs.images import ImageLike
 from unified.inputs.preprocess import Preprocess, as_input_batch, batch_size, take
 
@@ -151,9 +151,7 @@ class QuantizedModel:
             tmp.write_bytes(model.SerializeToString())
 
     # -- persistence ------------------------------------------------------------------------
-    @public_api
-    def save(self, path: str | os.PathLike) -> None:
-        """One file, written atomically; `unified.load` restores it without torch."""
+    def _manifest_and_blobs(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         blobs, meta = self.artifact.to_files()
         manifest = {
             "backend": self.backend,
@@ -164,12 +162,34 @@ class QuantizedModel:
             "preprocess": self.preprocess.to_json(),
             "artifact": meta,
         }
+        return manifest, blobs
+
+    @public_api
+    def save(self, path: str | os.PathLike) -> None:
+        """One file, written atomically; `unified.load` restores it without torch."""
+        manifest, blobs = self._manifest_and_blobs()
         write_container(path, manifest, blobs)
+
+    @public_api
+    def to_bytes(self) -> bytes:
+        """The saved file's exact bytes, without touching disk (how models travel to workers)."""
+        manifest, blobs = self._manifest_and_blobs()
+        return container_bytes(manifest, blobs)
 
     @classmethod
     def load(cls, path: str | os.PathLike, max_bytes: int | None = None) -> "QuantizedModel":
         """Restore a saved model, treating the file as untrusted (see `core/saved_model.py`)."""
         manifest, blobs = read_container(path, max_bytes)
+        return cls._restore(manifest, blobs, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, label: str = "<bytes>", max_bytes: int | None = None) -> "QuantizedModel":
+        """`load` on the bytes `to_bytes` gave, with the same checks."""
+        manifest, blobs = read_container_bytes(data, label, max_bytes)
+        return cls._restore(manifest, blobs, label)
+
+    @classmethod
+    def _restore(cls, manifest: dict[str, Any], blobs: dict[str, bytes], path: str) -> "QuantizedModel":
         backend = manifest["backend"]
         specs = plugins.backend_specs()
         if backend not in specs:

@@ -20,6 +20,7 @@ A `.uqm` file is shared like a model-zoo file, so reading it treats it as untrus
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -54,8 +55,8 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_container(path: str | os.PathLike, manifest: dict[str, Any], blobs: dict[str, bytes]) -> None:
-    """Write atomically: the destination either holds the whole file or is left as it was."""
+def container_bytes(manifest: dict[str, Any], blobs: dict[str, bytes]) -> bytes:
+    """The whole `.uqm` file as bytes (what `write_container` writes; what Ray ships to workers)."""
     for name in blobs:
         if not safe_blob_name(name):
             raise SavedModelError(f"blob name {name!r} is not a safe member name")
@@ -63,11 +64,19 @@ def write_container(path: str | os.PathLike, manifest: dict[str, Any], blobs: di
                     files={name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                            for name, data in blobs.items()})
     manifest["digest"] = manifest_digest(manifest)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        for name, data in blobs.items():
+            zf.writestr(f"blobs/{name}", data)
+    return buffer.getvalue()
+
+
+def write_container(path: str | os.PathLike, manifest: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    """Write atomically: the destination either holds the whole file or is left as it was."""
+    data = container_bytes(manifest, blobs)
     with atomic_write(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-            for name, data in blobs.items():
-                zf.writestr(f"blobs/{name}", data)
+        tmp.write_bytes(data)
 
 
 def _read_capped(zf: zipfile.ZipFile, member: str, cap: int, p: Path) -> bytes:
@@ -121,9 +130,19 @@ def read_container(path: str | os.PathLike, max_bytes: int | None = None) -> tup
     p = Path(path)
     if not p.exists():
         raise SavedModelError(f"saved model not found: {p}")
+    return _read(p, p, max_bytes)
+
+
+def read_container_bytes(data: bytes, label: str = "<bytes>",
+                         max_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """`read_container` on a file's bytes, with the same checks; `label` names it in errors."""
+    return _read(io.BytesIO(data), Path(label), max_bytes)
+
+
+def _read(source: Any, p: Path, max_bytes: int | None) -> tuple[dict[str, Any], dict[str, bytes]]:
     limit = max_bytes if max_bytes is not None else max_load_bytes()
     try:
-        with zipfile.ZipFile(p) as zf:
+        with zipfile.ZipFile(source) as zf:
             for info in zf.infolist():
                 if info.filename != MANIFEST and not (info.filename.startswith("blobs/")
                                                       and safe_blob_name(info.filename[len("blobs/"):])):

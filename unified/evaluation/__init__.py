@@ -1,0 +1,1 @@
+"""Running backends over many images: datasets, shards, executors (local, Ray), figures, reports."""
