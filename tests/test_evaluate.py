@@ -171,6 +171,21 @@ def test_cli_eval_prints_json(tiny_model, tiny_calibration, tiny_tree, tmp_path)
     assert 0 <= data["backends"][0]["top1_accuracy"] <= 1
 
 
+def test_local_evaluation_never_imports_ray(tiny_model, tiny_tree, tmp_path) -> None:
+    import onnx
+
+    onnx.save(tiny_model, tmp_path / "tiny.onnx")
+    code = ("import sys, numpy as np, unified; "
+            f"r = unified.evaluate({str(tmp_path / 'tiny.onnx')!r}, {str(tiny_tree)!r}, backends=['rknn'], "
+            "calibration=[np.zeros((1, 3, 16, 16), np.float32)] * 4, layer_images=0, "
+            "preprocess=unified.Preprocess(resize=16, crop=16)); "
+            "print(r.images, 'ray' in sys.modules, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, UNIFIED_PROGRESS="0"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["15", "False", "False"]
+
+
 # -- Ray -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def photo_tree(tmp_path_factory, lite0) -> Path:

@@ -56,10 +56,14 @@ def run_ray(shards: Sequence[Shard], blobs: dict[str, bytes], preprocess_json: d
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        if address is None:
-            ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+        try:
+            if address is None:
+                ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except Exception as exc:  # no cluster there, Ray Client missing, version mismatch...
+            where = address or "a local Ray"
+            raise BackendError(f"cannot start or join Ray at {where}: {type(exc).__name__}: {str(exc)[:300]}") from exc
         started = True
     try:
         task = ray.remote(num_cpus=cpus_per_task, max_retries=TASK_RETRIES)(_ray_shard)
