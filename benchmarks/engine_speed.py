@@ -1,10 +1,16 @@
-"""Speed and memory of the emulated NPU backends against ONNX Runtime fp32 on EfficientNet-Lite0.
+"""Speed of the emulated NPU backends against ONNX Runtime, measured side by side in one run.
 
-Prints, measured side by side in one run:
-  * batch-1 latency of each backend's qm.run against ORT fp32 on the same input, interleaved
-    (random order each round, 2 threads, ORT spinning off), and their ratio (goal <= 3x);
-  * the quantize (build) time for 100 calibration images;
-  * the peak memory of a build (resident set growth, measured in a fresh subprocess).
+Prints, for EfficientNet-Lite0 (pretrained), ResNet-18 and GoogLeNet (torchvision, random weights,
+BatchNorm statistics from photo crops, 224 px):
+  * batch-1 latency of ORT fp32, ORT static int8, rknn and tengine (`qm.run`), interleaved in
+    random order each round, and each ratio to ORT fp32 (goals: Lite0 <= 2x, the others <= 3x);
+  * the per-image time at batch 8 against batch 1 for every backend (goal <= 0.8x);
+  * ORT static int8 against fp32 at batch 1 (goal: 1.8x faster);
+  * the quantize (build) time and peak memory of a Lite0 build per backend on 100 calibration
+    images, each in a fresh process (`--builds`).
+The CPU flags that decide the kernels (avx2, avx512_vnni...) are printed first.
+
+    python benchmarks/engine_speed.py [--rounds 20] [--models lite0 resnet18 googlenet] [--builds]
 """
 from __future__ import annotations
 
@@ -17,25 +23,30 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("UNIFIED_ORT_THREADS", "2")
+os.environ.setdefault("UNIFIED_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BUILD_SCRIPT = r"""
-import json, logging, resource, sys, time
+import json, logging, sys, time
 import numpy as np
 logging.getLogger().setLevel(logging.ERROR)
 import unified
 backend = sys.argv[1]
 cal = list(np.load(sys.argv[2])[:, None])   # 100 preprocessed crops, made by the parent process
 model = unified.inputs.zoo.load_zoo_model("efficientnet_lite0")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+before = hwm()
 t = time.perf_counter()
 unified.quantize(model, backend=backend, calibration=cal, cache=False)
 seconds = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "growth_mb": (peak - before) / 1024}))
+print(json.dumps({"seconds": seconds, "peak_mb": hwm(), "before_mb": before}))
 """
 
 
@@ -46,51 +57,104 @@ def measure_build(backend: str, calibration_file: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--backends", nargs="*", default=None)
-    args = parser.parse_args()
-    logging.getLogger().setLevel(logging.ERROR)
-    import unified
-    from unified.inputs.sample_images import bundled_photo_path
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
 
-    names = args.backends or [b.name for b in unified.backends() if b.io == "integer"]
-    fp32 = unified.quantize("efficientnet_lite0", backend="ort", mode="fp32")
-    models = {name: unified.quantize("efficientnet_lite0", backend=name) for name in names}
-    x = fp32.preprocess(bundled_photo_path())
-    session = fp32.artifact.session
-    fns = {"ort fp32": lambda: session.run(None, {"input": x})}
-    for name, qm in models.items():
-        fns[name] = (lambda q: (lambda: q.run(x)))(qm)
+
+def load_models(name: str):
+    """(fp32, {label: qm}, batch of 8) for one model."""
+    import unified
+
+    if name == "lite0":
+        model, pre, cal = "efficientnet_lite0", None, None
+    else:
+        import tests.architectures as arch
+
+        arch.SIZE = 224
+        arch.PREPROCESS = unified.Preprocess(resize=256, crop=224, mean=(123.675, 116.28, 103.53),
+                                             std=(58.395, 57.12, 57.375))
+        model, pre = arch.classifier(name), arch.PREPROCESS
+        crops = arch.photo_crops(16, seed=12)
+        cal = [crops[i:i + 1] for i in range(len(crops))]
+    fp32 = unified.quantize(model, backend="ort", mode="fp32", preprocess=pre)
+    models = {"ort int8": unified.quantize(model, backend="ort", mode="static", calibration=cal, preprocess=pre)}
+    for backend in ("rknn", "tengine"):
+        models[backend] = unified.quantize(model, backend=backend, calibration=cal, preprocess=pre)
+    from unified.inputs.sample_images import random_crops
+
+    x = np.concatenate([fp32.preprocess(c) for c in random_crops(8, seed=2)])
+    return fp32, models, x
+
+
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns)
     rng = random.Random(0)
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
             t = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"EfficientNet-Lite0, batch 1, {args.rounds} interleaved rounds, 2 threads, ORT spinning off")
-    print(f"  {'ort fp32':10s} {med['ort fp32'] * 1e3:8.2f} ms")
-    for name in names:
-        print(f"  {name:10s} {med[name] * 1e3:8.2f} ms   ratio to ORT fp32: {med[name] / med['ort fp32']:.1f}x  (goal <= 3x)")
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def speed(name: str, rounds: int) -> None:
+    fp32, models, x = load_models(name)
+    runs = {"ort fp32": fp32, **models}
+    fns = {}
+    for label, qm in runs.items():
+        fns[(label, 1)] = (lambda q: lambda: q.run(x[:1]))(qm)
+        fns[(label, 8)] = (lambda q: lambda: q.run(x))(qm)
+    med = interleaved(fns, rounds)
+    base = med[("ort fp32", 1)]
+    goal = "2x" if name == "lite0" else "3x"
+    print(f"{name}: batch 1 latency, {rounds} interleaved rounds (median), and batch 8 per image")
+    for label in runs:
+        one, eight = med[(label, 1)], med[(label, 8)] / 8
+        ratio = f"{one / base:5.2f}x ORT fp32" + (f" (goal <= {goal})" if label in ("rknn", "tengine") else "")
+        print(f"  {label:9s} batch 1 {one * 1e3:7.2f} ms  {ratio:32s} batch 8 {eight * 1e3:7.2f} ms/image "
+              f"= {eight / one:4.2f}x batch 1 (goal <= 0.8x)")
+    print(f"  ORT static int8 is {base / med[('ort int8', 1)]:.2f}x faster than fp32 at batch 1 (goal 1.8x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=["lite0", "resnet18", "googlenet"])
+    parser.add_argument("--builds", action="store_true", help="also time a Lite0 build per backend")
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from unified.engine import fused
+
+    print(f"CPU: {os.cpu_count()} cores, flags: {cpu_flags()}; UNIFIED_ORT_THREADS="
+          f"{os.environ.get('UNIFIED_ORT_THREADS', '0 (ORT chooses)')}; fused numba kernels: {fused.available()}")
+    for name in args.models:
+        speed(name, args.rounds)
+    if not args.builds:
+        return
     import tempfile
 
+    import unified
     from unified.inputs.sample_images import random_crops
 
+    fp32 = unified.quantize("efficientnet_lite0", backend="ort", mode="fp32")
     with tempfile.TemporaryDirectory() as tmp:
         cal_file = os.path.join(tmp, "cal.npy")
         np.save(cal_file, np.concatenate([fp32.preprocess(c) for c in random_crops(100, seed=1)]))
-        builds = {name: measure_build(name, cal_file) for name in names}
-    for name in names:
-        b = builds[name]
-        print(f"  {name:10s} quantize on 100 calibration images: {b['seconds']:.1f} s, "
-              f"peak RSS {b['peak_mb']:.0f} MB, of which the build added {b['growth_mb']:.0f} MB (goal <= 1 GB)")
+        for backend in ("ort", "rknn", "tengine"):
+            b = measure_build(backend, cal_file)
+            print(f"  lite0 {backend:8s} quantize on 100 calibration images: {b['seconds']:.1f} s, "
+                  f"peak RSS {b['peak_mb']:.0f} MB ({b['before_mb']:.0f} MB before the build)")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ def _no_tap(node: str, kind: str, array: np.ndarray) -> None:
 class Interpreter:
     """Executes one IntegerGraph; thread-safe (no state is written during `run`).
 
-    `reference=True` keeps every accumulator and requantization in int64 (the readable reference);
-    the default also uses float64 carriers where lowering proved them exact (`requant_f64`), which
-    is several times faster. Tests check that both modes agree bit for bit.
+    `reference=True` keeps every accumulator and requantization in int64 numpy (the readable
+    reference); the default also uses float64 carriers where lowering proved them exact
+    (`requant_f64`) and the fused kernels of `fused.py`, which is several times faster. Tests check
+    that both modes agree bit for bit.
     """
 
     def __init__(self, graph: IntegerGraph, reference: bool = False) -> None:
@@ -38,12 +39,18 @@ class Interpreter:
                 np.float32 if node.attrs.get("exact") == "float32" else np.float64).T)
             for node in graph.nodes if node.op == "gemm"})
         if reference:
-            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False}) for n in graph.nodes])
+            graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False, "reference": True})
+                                          for n in graph.nodes])
         else:
-            from unified.engine.ort_accumulate import conv_accumulator_session
+            from unified.engine.ort_accumulate import conv_accumulator_session, split_conv_accumulator_session
 
             accelerators.update({node.name: conv_accumulator_session(node, graph.dtype)
                                  for node in graph.nodes if node.op == "conv" and node.attrs.get("exact") == "float32"})
+            for node in graph.nodes:
+                if node.op == "conv" and node.attrs.get("exact") == "float64":
+                    session = split_conv_accumulator_session(node, graph.dtype, graph.qmin, graph.qmax)
+                    if session is not None:
+                        accelerators[node.name] = session
         self.graph = replace(graph, accelerators=accelerators)
         graph = self.graph
         last_use: dict[str, int] = {}
@@ -56,6 +63,9 @@ class Interpreter:
 
     def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """The graph's output (a dict by name when the graph has several)."""
+        return self._run(x, tap)
+
+    def _run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
         g = self.graph
         values: dict[str, np.ndarray] = dict(x) if isinstance(x, dict) else {g.input_name: x}
         for name in g.input_names:
