@@ -92,6 +92,14 @@ def split_qdq(model: onnx.ModelProto) -> ImportedQdq:
         tensor.name = node.output[0]
         graph.initializer.append(tensor)
         graph.node.remove(node)
+    # the TorchScript exporter shares scale/zero-point constants through Identity nodes
+    names = {t.name for t in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in names]:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(next(t for t in graph.initializer if t.name == node.input[0]))
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        graph.node.remove(node)
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
