@@ -18,7 +18,7 @@ from unified.core.errors import InputError, public_api
 from unified.evaluation import executors
 from unified.evaluation.datasets import Dataset, load_dataset
 from unified.evaluation.figures import accuracy, class_output, merge, output_figures
-from unified.evaluation.layers import layer_figures, reference_tensors
+from unified.evaluation.layers import layer_analysis
 from unified.evaluation.report import BackendFigures, EvaluationReport
 from unified.evaluation.shards import REFERENCE, make_shards, read_items
 from unified.inputs.model_source import resolve_model
@@ -104,7 +104,7 @@ def evaluate(model: Any = None, dataset: Any = None, backends: Sequence[Any] = (
                          f"{merged.skipped[0].path}: {merged.skipped[0].reason}" if merged.skipped else "empty dataset")
 
     sample, k = _layer_sample(data, preprocess, fp32.input_names, layer_images)
-    reference = reference_tensors(source.proto, sample) if k else None
+    layers = layer_analysis(built, source.proto, sample) if k else {}
     scores = class_output(merged)
     ref_figures = merged.outputs[REFERENCE]
     n = len(merged.kept)
@@ -125,8 +125,7 @@ def evaluate(model: Any = None, dataset: Any = None, backends: Sequence[Any] = (
                                  images_per_second=n / max(merged.seconds[label], 1e-9))
         if scores is not None:
             figures.top1_accuracy, figures.top5_accuracy = accuracy(merged.outputs[label][scores].top5, merged.labels)
-        if k:
-            figures.layers = layer_figures(built[label], sample, reference)
+        figures.layers = layers.get(label, [])
         report.backends.append(figures)
     report.wall_seconds = time.perf_counter() - started
     return report
