@@ -14,7 +14,7 @@ import warnings
 from typing import Any, Sequence
 
 from unified.core import api, plugins
-from unified.core.errors import UnifiedError
+from unified.core.errors import InputError, UnifiedError
 from unified.terminal.table import format_table
 
 
@@ -131,6 +131,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.export_qdq:
         qm.export_qdq(args.export_qdq)
         print(f"wrote the QDQ model (float I/O, {qm.backend}'s scales and zero points) to {args.export_qdq}")
+    if args.export_toolkit:
+        for path in qm.export_toolkit(args.export_toolkit):
+            print(f"wrote {path}")
     reused = " (reused the cached build of the same model, options and calibration)" if qm.from_cache else ""
     print(f"saved {qm.backend}/{qm.mode} model to {args.output}{reused}")
     if line := _float_line(qm):
@@ -198,6 +201,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rknn_table(args: argparse.Namespace) -> int:
+    from unified.backends.rknn.toolkit_export import merge_tables
+    from unified.core.paths import atomic_write, existing_file
+
+    toolkit = existing_file(args.toolkit_table, "quantization table", InputError)
+    ours = existing_file(args.unified_table, "quantization table", InputError)
+    merged, missing = merge_tables(toolkit.read_text(), ours.read_text())
+    out = args.output or args.toolkit_table
+    with atomic_write(out) as tmp:
+        tmp.write_text(merged)
+    print(f"wrote {out}: unified's min/max in the toolkit's table" +
+          (f"; kept the toolkit's own for {len(missing)} tensors unified does not name: {', '.join(missing[:5])}"
+           if missing else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unified", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
     p.add_argument("--export-qdq", metavar="OUT.onnx", help="also write a standard ONNX QDQ model")
+    p.add_argument("--export-toolkit", metavar="DIR",
+                   help="also write the real toolkit's files (rknn: float ONNX + quantization table; tengine: scale table)")
     _add_preprocess_flags(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -236,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG of per-layer error across backends")
     _add_preprocess_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("rknn-table", help="write unified's ranges into the table of RKNN-Toolkit2's "
+                                            "hybrid_quantization_step1 (then run step2)")
+    p.add_argument("toolkit_table", help="the <model>.quantization.cfg step1 wrote")
+    p.add_argument("unified_table", help="the .quantization.cfg of `unified quantize --export-toolkit`")
+    p.add_argument("-o", "--output", help="where to write the merged table (default: over the toolkit's)")
+    p.set_defaults(func=cmd_rknn_table)
 
     p = sub.add_parser("eval", help="evaluate backends on a dataset: accuracy, agreement with fp32, throughput")
     p.add_argument("dataset", help="folder of images, class-per-folder tree, dataset.txt or labels file "

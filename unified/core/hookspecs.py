@@ -132,6 +132,16 @@ def unified_export_qdq(backend: str, artifact: QuantizedArtifact) -> onnx.ModelP
     """
 
 
+@hookspec(firstresult=True)
+def unified_export_toolkit(backend: str, artifact: QuantizedArtifact, directory: str) -> list[str] | None:
+    """Optional: write the quantized model in the files of the real toolkit the backend emulates,
+    into `directory`, and return their paths (rknn: a float ONNX model and the quantization table
+    of RKNN-Toolkit2's hybrid quantization; tengine: the scale table of Tengine's quant tool).
+
+    Called by `QuantizedModel.export_toolkit` (and `unified quantize --export-toolkit`).
+    """
+
+
 # -- optional: internals for per-layer analysis ------------------------------------------------
 
 @hookspec(firstresult=True)

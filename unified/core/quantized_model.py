@@ -14,7 +14,7 @@ import numpy as np
 from unified.core import plugins
 from unified.core.artifact import QuantizedArtifact
 from unified.core.backend_spec import BackendSpec
-from unified.core.errors import InputError, SavedModelError, public_api
+from unified.core.errors import BackendError, InputError, SavedModelError, public_api
 from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
 from unified.core.saved_model import container_bytes, read_container, read_container_bytes, write_container
@@ -149,6 +149,16 @@ class QuantizedModel:
         onnx.checker.check_model(model)
         with atomic_write(path) as tmp:
             tmp.write_bytes(model.SerializeToString())
+
+    @public_api
+    def export_toolkit(self, directory: str | os.PathLike) -> list[str]:
+        """Write the model in the real toolkit's own files into `directory` (rknn: float ONNX and
+        hybrid-quantization table; tengine: scale table) and return their paths."""
+        paths = plugins.call_optional(self.backend, "unified_export_toolkit", artifact=self.artifact,
+                                      directory=str(directory))
+        if not paths:
+            raise BackendError(f"backend {self.backend!r} has no toolkit format to export")
+        return list(paths)
 
     # -- persistence ------------------------------------------------------------------------
     def _manifest_and_blobs(self) -> tuple[dict[str, Any], dict[str, bytes]]:

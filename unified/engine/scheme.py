@@ -32,8 +32,10 @@ class Scheme(abc.ABC):
     wmax = IntegerBound("weight_dtype", 1)
 
     def params(self, scale: float, zero_point: int) -> QuantParams:
-        """An activation tensor's parameters under this scheme (dtype and rounding included)."""
-        return QuantParams(float(scale), int(zero_point), self.activation_dtype, rounding=self.rounding,
+        """An activation tensor's parameters under this scheme (dtype and rounding included). The
+        scale is kept as a float32 value: what RKNN and Tengine store, and what a QDQ export
+        writes, so an exported model imports back to the same integers."""
+        return QuantParams(float(np.float32(scale)), int(zero_point), self.activation_dtype, rounding=self.rounding,
                            zero_point_inside_round=self.zero_point_inside_round)
 
     @abc.abstractmethod

@@ -90,3 +90,13 @@ def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.nd
 # Running the integer graph, dequantizing and per-layer tensors are the engine's, bound to our name.
 (unified_infer, unified_dequantize_output, unified_layer_outputs,
  unified_export_qdq) = IntegerBackendHooks(NAME).hooks()
+
+
+@hookimpl
+def unified_export_toolkit(backend: str, artifact: IntegerArtifact, directory: str) -> list[str] | None:
+    """RKNN-Toolkit2's hybrid quantization files: see `toolkit_export.py`."""
+    if backend != NAME:
+        return None
+    from unified.backends.rknn.toolkit_export import export_toolkit
+
+    return [str(p) for p in export_toolkit(artifact, directory)]

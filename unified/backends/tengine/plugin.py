@@ -106,3 +106,17 @@ def unified_quantize_input(backend: str, artifact: IntegerArtifact, batch: np.nd
 # Running the integer graph, dequantizing and per-layer tensors are the engine's, bound to our name.
 (unified_infer, unified_dequantize_output, unified_layer_outputs,
  unified_export_qdq) = IntegerBackendHooks(NAME).hooks()
+
+
+@hookimpl
+def unified_export_toolkit(backend: str, artifact: IntegerArtifact, directory: str) -> list[str] | None:
+    """Tengine's scale table (`model.scale`, as `quant_tool_uint8` writes it)."""
+    if backend != NAME:
+        return None
+    from pathlib import Path
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.scale"
+    write_scale_file(artifact, path)
+    return [str(path)]

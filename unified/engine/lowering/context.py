@@ -234,6 +234,9 @@ class LoweringContext:
         if not self.scheme.per_channel_weights:
             scale = np.full(w.shape[0], float(scale[0]))
             zp = np.full(w.shape[0], int(zp[0]))
+        # scales are float32 values, as the real toolkits store them and as a QDQ export writes
+        # them: exporting and importing back then gives the very same integer model
+        scale = scale.astype(np.float32).astype(np.float64)
         wq = self.scheme.quantize_weight(w, scale, zp)
         return wq, scale, zp
 
