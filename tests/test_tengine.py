@@ -17,7 +17,8 @@ PRE16 = unified.Preprocess(resize=16, crop=16)
 def test_scheme_by_hand() -> None:
     s = TengineScheme()
     t = s.activation_params(-1.0, 3.0)
-    assert t.scale == float(f"{4.0 / 255:f}")            # the value Tengine's table prints
+    # the value Tengine's table prints, as Tengine reads it back (a C float)
+    assert t.scale == float(np.float32(f"{4.0 / 255:f}"))
     assert t.zero_point == int(1.0 / (4.0 / 255))          # truncated: 63.75 -> 63 (RKNN would round)
     assert t.zero_point == 63
     t = s.activation_params(-0.3, 0.7)                     # -min/scale = 76.5 -> 76, never 77

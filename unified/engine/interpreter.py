@@ -17,6 +17,7 @@ from unified.engine.integer_graph import IntegerGraph
 from unified.engine.kernels import KERNELS
 
 Tap = Callable[[str, str, np.ndarray], None]
+CHUNK_SAMPLES = 8
 
 
 def _no_tap(node: str, kind: str, array: np.ndarray) -> None:
@@ -62,8 +63,20 @@ class Interpreter:
                             for i in range(len(graph.nodes))}
 
     def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
-        """The graph's output (a dict by name when the graph has several)."""
-        return self._run(x, tap)
+        """The graph's output (a dict by name when the graph has several).
+
+        A large batch runs `CHUNK_SAMPLES` samples at a time (samples are independent, so the
+        result is the same): per image, batch 8 is the fastest size measured (0.8-0.85x batch 1
+        on Lite0), and the ORT arena the engine's sessions share then never grows past a batch
+        of 8, whatever batch a caller passes (a 200-image batch held gigabytes for good)."""
+        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        if tap is not None or n <= CHUNK_SAMPLES:
+            return self._run(x, tap)
+        parts = [self._run({k: v[i:i + CHUNK_SAMPLES] for k, v in x.items()} if isinstance(x, dict)
+                           else x[i:i + CHUNK_SAMPLES]) for i in range(0, n, CHUNK_SAMPLES)]
+        if isinstance(parts[0], dict):
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return np.concatenate(parts)
 
     def _run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
         g = self.graph
