@@ -22,88 +22,25 @@ POLICIES = {"ties_to_even": 0, "ties_away_from_zero": 1, "truncate": 2}
 
 
 @lru_cache(maxsize=1)
-def _kernel() -> Callable[..., None] | None:
+def _kernels() -> Any:
+    """The compiled kernels' module, or None without numba (or with UNIFIED_FUSED=0)."""
     if os.environ.get("UNIFIED_FUSED", "1") in ("0", "false"):
         return None
     try:
-        import numba
+        from unified.engine import _fused_kernels
     except ImportError:
         return None
-
-    @numba.njit(nogil=True, cache=True, fastmath=False)
-    def requant(acc, real, bias_real, use_bias, zo, lo, hi, policy, out):  # pragma: no cover - compiled
-        outer, channels, inner = acc.shape
-        for o in range(outer):
-            for c in range(channels):
-                r = real[c]
-                b = bias_real[c]
-                for i in range(inner):
-                    v = np.float64(acc[o, c, i]) * r
-                    if use_bias:
-                        v = v + b
-                    if policy == 0:
-                        v = np.rint(v)
-                    elif policy == 1:
-                        s = np.sign(v)
-                        v = np.floor(np.abs(v) + 0.5) * s
-                    else:
-                        v = np.trunc(v)
-                    v = v + zo
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[o, c, i] = v
-
-    return requant
+    return _fused_kernels
 
 
-@lru_cache(maxsize=1)
-def _mbqm() -> Callable[..., int]:
-    """`fixed_point.requantize` on one int64 value (the kernels inline it)."""
-    import numba
-
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def mbqm(a, m, k, policy):  # pragma: no cover - compiled; fixed_point.requantize on one value
-        if a < -2147483647:
-            a = -2147483647
-        elif a > 2147483647:
-            a = 2147483647
-        neg = a < 0
-        mag = -a if neg else a
-        mag = mag * m
-        if policy == 1:
-            mag += np.int64(1) << (k - 1)
-        elif policy == 0:
-            odd = (mag >> k) & 1
-            mag += (np.int64(1) << (k - 1)) - 1 + odd
-        mag = mag >> k
-        return -mag if neg else mag
-
-    return mbqm
+def _kernel() -> Callable[..., None] | None:
+    k = _kernels()
+    return None if k is None else k.requant_f64
 
 
-@lru_cache(maxsize=1)
 def _add_kernel() -> Callable[..., None] | None:
-    if _kernel() is None:
-        return None
-    import numba
-
-    mbqm = _mbqm()
-
-    @numba.njit(nogil=True, cache=True)
-    def add(x1, x2, z1, z2, left, m1, k1, m2, k2, mo, ko, zo, lo, hi, policy, out):  # pragma: no cover
-        for i in range(x1.size):
-            a = (np.int64(x1[i]) - z1) << left
-            b = (np.int64(x2[i]) - z2) << left
-            v = mbqm(mbqm(a, m1, k1, policy) + mbqm(b, m2, k2, policy), mo, ko, policy) + zo
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out[i] = v
-
-    return add
+    k = _kernels()
+    return None if k is None else k.add
 
 
 def add(x1: np.ndarray, x2: np.ndarray, attrs: dict[str, Any], arrays: dict[str, np.ndarray], policy: str,
@@ -122,31 +59,9 @@ def add(x1: np.ndarray, x2: np.ndarray, attrs: dict[str, Any], arrays: dict[str,
     return out
 
 
-@lru_cache(maxsize=1)
 def _int_kernel() -> Callable[..., None] | None:
-    if _kernel() is None:
-        return None
-    import numba
-
-    mbqm = _mbqm()
-
-    @numba.njit(nogil=True, cache=True)
-    def requant(acc, bias, mult, k, zo, lo, hi, policy, out):  # pragma: no cover - compiled
-        outer, channels, inner = acc.shape
-        for o in range(outer):
-            for c in range(channels):
-                m = mult[c]
-                kc = k[c]
-                b = bias[c]
-                for i in range(inner):
-                    v = mbqm(np.int64(acc[o, c, i]) + b, m, kc, policy) + zo
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[o, c, i] = v
-
-    return requant
+    k = _kernels()
+    return None if k is None else k.requant_int
 
 
 def requant_int(acc: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shift: np.ndarray, zo: int, lo: int,

@@ -1,0 +1,79 @@
+"""The numba kernels of `fused.py`, at module level so that numba's on-disk cache can keep them
+(kernels defined in closures, or calling a jitted function held in a closure, are compiled again
+in every process). Imported only when numba is installed and the engine first runs."""
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def requant_f64(acc, real, bias_real, use_bias, zo, lo, hi, policy, out):  # pragma: no cover - compiled
+    outer, channels, inner = acc.shape
+    for o in range(outer):
+        for c in range(channels):
+            r = real[c]
+            b = bias_real[c]
+            for i in range(inner):
+                v = np.float64(acc[o, c, i]) * r
+                if use_bias:
+                    v = v + b
+                if policy == 0:
+                    v = np.rint(v)
+                elif policy == 1:
+                    s = np.sign(v)
+                    v = np.floor(np.abs(v) + 0.5) * s
+                else:
+                    v = np.trunc(v)
+                v = v + zo
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[o, c, i] = v
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def mbqm(a, m, k, policy):  # pragma: no cover - compiled; fixed_point.requantize on one value
+    if a < -2147483647:
+        a = -2147483647
+    elif a > 2147483647:
+        a = 2147483647
+    neg = a < 0
+    mag = -a if neg else a
+    mag = mag * m
+    if policy == 1:
+        mag += np.int64(1) << (k - 1)
+    elif policy == 0:
+        odd = (mag >> k) & 1
+        mag += (np.int64(1) << (k - 1)) - 1 + odd
+    mag = mag >> k
+    return -mag if neg else mag
+
+
+@numba.njit(nogil=True, cache=True)
+def add(x1, x2, z1, z2, left, m1, k1, m2, k2, mo, ko, zo, lo, hi, policy, out):  # pragma: no cover
+    for i in range(x1.size):
+        a = (np.int64(x1[i]) - z1) << left
+        b = (np.int64(x2[i]) - z2) << left
+        v = mbqm(mbqm(a, m1, k1, policy) + mbqm(b, m2, k2, policy), mo, ko, policy) + zo
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        out[i] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def requant_int(acc, bias, mult, k, zo, lo, hi, policy, out):  # pragma: no cover - compiled
+    outer, channels, inner = acc.shape
+    for o in range(outer):
+        for c in range(channels):
+            m = mult[c]
+            kc = k[c]
+            b = bias[c]
+            for i in range(inner):
+                v = mbqm(np.int64(acc[o, c, i]) + b, m, kc, policy) + zo
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[o, c, i] = v
