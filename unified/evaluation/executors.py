@@ -18,15 +18,16 @@ import os
 from typing import Any, Iterator, Sequence
 
 from unified.core.errors import BackendError, UnifiedError
-from unified.evaluation.shards import Shard, ShardResult, run_shard_from_bytes
+from unified.evaluation.shards import ModelCache, Shard, ShardResult, run_shard_from_bytes
 
 EXECUTORS = ("local", "ray")
 TASK_RETRIES = 3
 
 
 def run_local(shards: Sequence[Shard], blobs: dict[str, bytes], preprocess_json: dict[str, Any]) -> Iterator[ShardResult]:
+    cache = ModelCache()  # this call's models only: released when the evaluation ends
     for shard in shards:
-        yield run_shard_from_bytes(shard, blobs, preprocess_json)
+        yield run_shard_from_bytes(shard, blobs, preprocess_json, cache)
 
 
 def _ray_shard(shard: Shard, blobs: dict[str, bytes], preprocess_json: dict[str, Any], threads: int) -> ShardResult:

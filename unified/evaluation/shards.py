@@ -160,11 +160,15 @@ class ModelCache:
 _process_cache = ModelCache()
 
 
-def run_shard_from_bytes(shard: Shard, blobs: dict[str, bytes], preprocess_json: dict[str, Any]) -> ShardResult:
+def run_shard_from_bytes(shard: Shard, blobs: dict[str, bytes], preprocess_json: dict[str, Any],
+                         cache: ModelCache | None = None) -> ShardResult:
     """`run_shard` on models shipped as `.uqm` bytes (`blobs[REFERENCE]` is the fp32 model): what
-    every executor runs, so a local run and a Ray run execute the very same models."""
-    models = {label: _process_cache.get(data, label) for label, data in blobs.items() if label != REFERENCE}
-    reference = _process_cache.get(blobs[REFERENCE], REFERENCE)
+    every executor runs, so a local run and a Ray run execute the very same models. `cache`:
+    where restored models live (default: the process's own, right for a Ray worker; a local run
+    passes one that ends with the call, so the caller's process does not keep every model)."""
+    cache = cache if cache is not None else _process_cache
+    models = {label: cache.get(data, label) for label, data in blobs.items() if label != REFERENCE}
+    reference = cache.get(blobs[REFERENCE], REFERENCE)
     return run_shard(shard, models, reference, Preprocess.from_json(preprocess_json))
 
 
