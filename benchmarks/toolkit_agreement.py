@@ -17,7 +17,6 @@ decisions, and the largest ratio between the two sides' scales over the tensors 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re

@@ -2,7 +2,6 @@
 without calibration keeps the QAT model's own accuracy within one point."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 
