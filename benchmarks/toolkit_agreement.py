@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--rknn-venv", required=True, help="virtual environment holding rknn-toolkit2")
     parser.add_argument("--calib", type=int, default=50, help="calibration crops (seed 1)")
     parser.add_argument("--images", type=int, default=200, help="evaluation crops (seed 0)")
+    parser.add_argument("--configs", nargs="+", default=[f"{a}/{m}" for a, m in CONFIGS],
+                        help="algorithm/method pairs (default: %(default)s)")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
@@ -101,7 +103,7 @@ def main() -> None:
         cal = [((np.asarray(c, np.float32) - 127) / 128).transpose(2, 0, 1)[None].copy() for c in calib]
         fp32 = unified.quantize("efficientnet_lite0", backend="ort", mode="fp32").run(x).argmax(1)
         print(f"EfficientNet-Lite0, {args.calib} calibration crops, {args.images} evaluation crops")
-        for algorithm, method in CONFIGS:
+        for algorithm, method in (c.split("/") for c in args.configs):
             proc = subprocess.run([str(python), "-c", TOOLKIT_SCRIPT, str(work), algorithm, method],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

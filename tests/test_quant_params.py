@@ -39,3 +39,35 @@ def test_one_table_of_integer_ranges() -> None:
     assert QuantParams(1.0, 0, "uint8").qmax == 255
     with pytest.raises(ValueError, match="unsupported integer dtype 'int4'"):
         QuantParams(1.0, 0, "int4")
+
+
+def test_rknn_kl_keeps_a_dense_relu6_range_as_the_toolkit_does() -> None:
+    """RKNN-Toolkit2 gives a [0, 6] ReLU6 output exactly 6 * 2047 / 2048 (read off its table)."""
+    from unified.quant.ranges import BINS, Histogram, kl_rknn
+
+    h = Histogram(0.0, 6.0)
+    h.add(np.linspace(0.0, 6.0, 200_000, dtype=np.float32))
+    lo, hi = kl_rknn(h, 256)
+    assert lo == 0.0 and hi == 6.0 * (BINS - 1) / BINS == 5.9970703125
+
+
+def test_abs_histogram_spreads_each_bin_over_the_absolute_bins() -> None:
+    from unified.quant.ranges import BINS, Histogram, abs_histogram
+
+    h = Histogram(-1.0, 1.0)
+    h.counts[:] = 1.0                                  # uniform mass on [-1, 1]
+    counts = abs_histogram(h, 1.0)
+    assert counts.shape == (BINS,) and np.allclose(counts, 1.0)    # uniform on [0, 1], no empty bins
+    assert counts.sum() == pytest.approx(BINS)
+
+
+def test_rknn_kl_clips_a_long_tail_symmetrically_within_the_observed_range() -> None:
+    from unified.quant.ranges import Histogram, kl_rknn
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.laplace(0, 1, 200_000), [-30.0, 12.0]]).astype(np.float32)
+    h = Histogram(float(x.min()), float(x.max()))
+    h.add(x)
+    lo, hi = kl_rknn(h, 256)
+    assert -30.0 < lo < 0 < hi <= 12.0
+    assert lo == -hi or hi == 12.0                      # one threshold T on |x|, cut by the observed max

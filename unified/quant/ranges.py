@@ -133,7 +133,58 @@ def aciq(h: Histogram, levels: int) -> tuple[float, float]:
     return max(h.lo, -alpha), min(h.hi, alpha)
 
 
-ESTIMATORS = {"minmax": minmax, "percentile": percentile, "mse": mse, "kl": kl, "aciq": aciq}
+def _kl_threshold_rknn(abs_counts: np.ndarray, target: int = 256) -> int:
+    """The bin index i (threshold i * bin width, i < BINS) minimizing KL(P || Q): P the histogram
+    of |x| cut at i with the clipped mass in its last bin, Q the same bins merged into `target`
+    chunks of i // target bins (the last takes the rest), each chunk's mass spread evenly over its
+    non-empty bins; thresholds whose Q leaves a non-empty P bin empty are skipped."""
+    counts = abs_counts.astype(np.float64)
+    best_kl, best_i = np.inf, len(counts) - 1
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    for i in range(target, len(counts)):
+        p = counts[:i].copy()
+        p[i - 1] += tail[i]
+        width = i // target
+        head = counts[:width * (target - 1)].reshape(target - 1, width)
+        last = counts[width * (target - 1):i]
+        nonzero = head > 0
+        fill = head.sum(1) / np.maximum(nonzero.sum(1), 1)
+        q = np.concatenate([np.where(nonzero, fill[:, None], 0.0).ravel(),
+                            np.where(last > 0, last.sum() / max(int((last > 0).sum()), 1), 0.0)])
+        mask = p > 0
+        if np.any(q[mask] == 0) or p.sum() == 0:
+            continue
+        p_norm, q_norm = p[mask] / p.sum(), q[mask] / q.sum()
+        kl_value = float(np.sum(p_norm * np.log(p_norm / q_norm)))
+        if kl_value < best_kl:
+            best_kl, best_i = kl_value, i
+    return best_i
+
+
+def abs_histogram(h: Histogram, amax: float) -> np.ndarray:
+    """Counts of |x| over `BINS` bins of [0, amax], from the signed histogram with its mass spread
+    uniformly inside each bin: |x| <= t holds the mass of [-t, t]. (Putting each signed bin at its
+    centre leaves every other |x| bin empty when the signed range spans both signs, and the KL
+    search then prefers short thresholds.)"""
+    cumulative = np.concatenate([[0.0], np.cumsum(h.counts)])
+    signed = lambda t: np.interp(t, h.edges, cumulative)  # noqa: E731  mass below t
+    t = np.linspace(0.0, amax, BINS + 1)
+    return np.diff(signed(t) - signed(-t))
+
+
+def kl_rknn(h: Histogram, levels: int) -> tuple[float, float]:
+    """RKNN-Toolkit2's `kl_divergence`, as observed on its tables: a symmetric threshold T on a
+    2048-bin histogram of |x| over [0, max|x|], T = i * max|x| / 2048 with i < 2048 (a [0, 6]
+    tensor gets exactly 6 * 2047 / 2048), intersected with the observed range. The search above
+    (256 merged chunks, every i) reproduced 4 of 5 sampled Lite0 thresholds within 1%."""
+    amax = max(abs(h.lo), abs(h.hi))
+    if amax <= 0:
+        return h.lo, h.hi
+    threshold = _kl_threshold_rknn(abs_histogram(h, amax)) * amax / BINS
+    return max(h.lo, -threshold), min(h.hi, threshold)
+
+
+ESTIMATORS = {"minmax": minmax, "percentile": percentile, "mse": mse, "kl": kl, "kl_rknn": kl_rknn, "aciq": aciq}
 
 
 def weight_ranges(w: np.ndarray, per_channel: bool, method: str, levels: int) -> tuple[np.ndarray, np.ndarray]:
