@@ -7,7 +7,8 @@ quantize EfficientNet-Lite0 on the same calibration pixels and run the same eval
   * the real toolkit: `hybrid_quantization_step1` (its own table), then step2 on that unchanged
     table and its PC simulator;
   * unified: `quantize(backend="rknn", quantized_algorithm=..., quantized_method=...,
-    bias_correction=False)`, which is the toolkit's algorithm without unified's additions.
+    bias_correction=False)`, which is the toolkit's algorithm without unified's additions, and
+    with `--fuse-residual-add` the toolkit's Conv+Add fusion too.
 
 It prints per configuration the top-1 agreement between the two, each one's share of fp32's top-1
 decisions, and the largest ratio between the two sides' scales over the tensors both name.
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--rknn-venv", required=True, help="virtual environment holding rknn-toolkit2")
     parser.add_argument("--calib", type=int, default=50, help="calibration crops (seed 1)")
     parser.add_argument("--images", type=int, default=200, help="evaluation crops (seed 0)")
+    parser.add_argument("--fuse-residual-add", action="store_true",
+                        help="unified's side with fuse_residual_add=True (RKNN's Conv+Add fusion)")
     parser.add_argument("--configs", nargs="+", default=[f"{a}/{m}" for a, m in CONFIGS],
                         help="algorithm/method pairs (default: %(default)s)")
     args = parser.parse_args()
@@ -112,7 +115,8 @@ def main() -> None:
             folder = work / f"{algorithm}_{method}"
             theirs = np.load(folder / "outputs.npy")
             qm = unified.quantize("efficientnet_lite0", backend="rknn", calibration=cal, quantized_algorithm=algorithm,
-                                  quantized_method=method, bias_correction=False)
+                                  quantized_method=method, bias_correction=False,
+                                  fuse_residual_add=args.fuse_residual_add)
             ours = qm.run(x)
             scales = toolkit_scales((folder / "model.quantization.cfg").read_text())
             ratios = [max(s, t.scale) / min(s, t.scale) for name, s in scales.items()

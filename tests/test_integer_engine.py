@@ -440,3 +440,44 @@ def test_conv_transpose_is_integer_and_matches_its_export(backend, strides, pads
 
     reference = Interpreter(qm.artifact.graph, reference=True).run(x)
     np.testing.assert_array_equal(Interpreter(qm.artifact.graph).run(x), reference)
+
+
+def _residual_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b2")
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "r1"], ["out"], name="residual")]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 16, 16])], [w1, w2, b2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_rknn_fuses_a_conv_with_its_residual_add_on_request(tiny_calibration, tiny_batch, tmp_path) -> None:
+    """fuse_residual_add=True: the conv before a residual Add writes the Add's output with one
+    rounding (as RKNN-Toolkit2 does); exact between executors, faithful to its QDQ export, and an
+    export imports back to the same integers."""
+    from unified.engine.interpreter import Interpreter
+
+    model = _residual_model()
+    plain = unified.quantize(model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16)
+    fused = unified.quantize(model, backend="rknn", calibration=tiny_calibration, preprocess=PRE16,
+                             fuse_residual_add=True)
+    assert [n.op for n in plain.artifact.graph.nodes] == ["conv", "conv", "add"]
+    g = fused.artifact.graph
+    assert [n.op for n in g.nodes] == ["conv", "conv_add"]
+    assert g.nodes[1].outputs == ["out"] and g.nodes[1].inputs[1] == "r1" and "c2" not in g.tensors
+    x = fused.artifact.to_model(fused.quantize_input(tiny_batch))
+    np.testing.assert_array_equal(Interpreter(g).run(x), Interpreter(g, reference=True).run(x))
+    for layer in layer_agreement(g, x):
+        assert layer.within_one_step >= 0.999, str(layer)
+    ref = unified.quantize(model, backend="ort", mode="fp32").run(tiny_batch)
+    assert np.abs(fused.run(tiny_batch) - ref).max() <= 4 * fused.output_quant.scale
+    fused.export_qdq(tmp_path / "m.onnx")
+    again = unified.quantize(str(tmp_path / "m.onnx"), backend="rknn", preprocess=PRE16, fuse_residual_add=True)
+    assert again.import_report == []
+    native = fused.quantize_input(tiny_batch)
+    np.testing.assert_array_equal(again.run_quantized(native), fused.run_quantized(native))

@@ -45,10 +45,11 @@ class Interpreter:
         else:
             from unified.engine.ort_accumulate import conv_accumulator_session, split_conv_accumulator_session
 
+            convs = ("conv", "conv_add")
             accelerators.update({node.name: conv_accumulator_session(node, graph.dtype)
-                                 for node in graph.nodes if node.op == "conv" and node.attrs.get("exact") == "float32"})
+                                 for node in graph.nodes if node.op in convs and node.attrs.get("exact") == "float32"})
             for node in graph.nodes:
-                if node.op == "conv" and node.attrs.get("exact") == "float64":
+                if node.op in convs and node.attrs.get("exact") == "float64":
                     session = split_conv_accumulator_session(node, graph.dtype, graph.qmin, graph.qmax)
                     if session is not None:
                         accelerators[node.name] = session

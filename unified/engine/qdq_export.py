@@ -94,6 +94,13 @@ class _Builder:
             self.nodes.append(helper.make_node("Conv", [ins[0], w, b], [y], strides=a["strides"], pads=a["pads"],
                                                dilations=a["dilations"], group=a["group"]))
             y = self.act_clip(y, node, out)
+        elif op == "conv_add":  # the conv's output stays float, as the fused kernel never rounds it
+            w, b = self.weights(node, self.g.tensors[node.inputs[0]].scale)
+            conv_out = self.uid("conv")
+            self.nodes.append(helper.make_node("Conv", [ins[0], w, b], [conv_out], strides=a["strides"],
+                                               pads=a["pads"], dilations=a["dilations"], group=a["group"]))
+            self.nodes.append(helper.make_node("Add", [conv_out, ins[1]], [y]))
+            y = self.act_clip(y, node, out)
         elif op == "conv_transpose":
             w, b = self.weights(node, self.g.tensors[node.inputs[0]].scale)
             wt = self.uid("wt")  # per-channel weights are (co, ci, kh, kw); ConvTranspose takes (ci, co, kh, kw)

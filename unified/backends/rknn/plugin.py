@@ -6,6 +6,8 @@ Options (RKNN's `config()` names where they exist):
   mean_values, std_values   pixel-unit normalization folded into the int8 input
                             (default: the model's own preprocessing)
   bias_correction      True (default): correct biases for weight rounding (Nagel et al. 2019)
+  fuse_residual_add    False (default): True fuses a conv with the residual Add after it, as the
+                       real toolkit does (the conv's output is not rounded to int8 before the Add)
   float_fallback       op types to run in float on the CPU even where the engine could run them
   strict               False (default): what the engine cannot express runs in float, recorded in
                        `qm.float_nodes`; True: refuse it, naming every such node in one message
@@ -40,7 +42,7 @@ ALGORITHMS = {
     "kl_divergence": ("kl_rknn", "minmax"),
 }
 KNOWN_OPTIONS = {"mode", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
-                 "bias_correction", "float_fallback", "strict"}
+                 "bias_correction", "fuse_residual_add", "float_fallback", "strict"}
 
 
 @hookimpl
@@ -63,11 +65,12 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))
     pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
+    scheme = RknnScheme(method, fuse_conv_add=option_bool(NAME, options, "fuse_residual_add", False))
     extra: dict[str, Any] = {"preprocess": pre.to_json(), "quantized_algorithm": algorithm, "quantized_method": method}
     if imported is not None:  # an already quantized QDQ model: adopt its params
-        graph, extra["import_report"] = build_from_qdq(imported, calibration, RknnScheme(method), build)
+        graph, extra["import_report"] = build_from_qdq(imported, calibration, scheme, build)
     else:
-        graph = build_integer_graph(model, calibration, RknnScheme(method), build, pre)
+        graph = build_integer_graph(model, calibration, scheme, build, pre)
     return IntegerArtifact(graph, "NHWC", extra, model_layout=pre.layout)
 
 

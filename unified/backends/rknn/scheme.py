@@ -32,9 +32,11 @@ class RknnScheme(Scheme):
     weight_dtype = "int8"
     rounding = RoundingPolicy.TIES_TO_EVEN
 
-    def __init__(self, quantized_method: str = "channel") -> None:
+    def __init__(self, quantized_method: str = "channel", fuse_conv_add: bool = False) -> None:
         self.per_channel_weights = quantized_method == "channel"
         self.quantized_method = quantized_method
+        #: RKNN fuses a conv with the residual Add after it (one rounding; `kernels.conv_add`)
+        self.fuse_conv_add = fuse_conv_add
 
     def activation_params(self, lo: float, hi: float) -> QuantParams:
         scale, zp = _asym_int8(np.array([lo]), np.array([hi]))
@@ -47,4 +49,4 @@ class RknnScheme(Scheme):
         return self.activation_params(0.0, 1.0)
 
     def describe(self) -> dict:
-        return dict(super().describe(), quantized_method=self.quantized_method)
+        return dict(super().describe(), quantized_method=self.quantized_method, fuse_conv_add=self.fuse_conv_add)
