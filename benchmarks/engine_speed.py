@@ -5,22 +5,19 @@ BatchNorm statistics from photo crops, 224 px):
   * batch-1 latency of ORT fp32, ORT static int8, rknn and tengine (`qm.run`), interleaved in
     random order each round, and each ratio to ORT fp32 (goals: Lite0 <= 2x, the others <= 3x);
   * the per-image time at batch 8 against batch 1 for every backend (goal <= 0.8x);
-  * ORT static int8 against fp32 at batch 1 (goal: 1.8x faster);
-  * the quantize (build) time and peak memory of a Lite0 build per backend on 100 calibration
-    images, each in a fresh process (`--builds`).
+  * ORT static int8 against fp32 at batch 1 (goal: 1.8x faster).
+Build time and memory: `benchmarks/memory.py`.
 The CPU flags that decide the kernels (avx2, avx512_vnni...) are printed first.
 
-    python benchmarks/engine_speed.py [--rounds 20] [--models lite0 resnet18 googlenet] [--builds]
+    python benchmarks/engine_speed.py [--rounds 20] [--models lite0 resnet18 googlenet]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,32 +26,6 @@ import numpy as np
 
 os.environ.setdefault("UNIFIED_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-BUILD_SCRIPT = r"""
-import json, logging, sys, time
-import numpy as np
-logging.getLogger().setLevel(logging.ERROR)
-import unified
-backend = sys.argv[1]
-cal = list(np.load(sys.argv[2])[:, None])   # 100 preprocessed crops, made by the parent process
-model = unified.inputs.zoo.load_zoo_model("efficientnet_lite0")
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-before = hwm()
-t = time.perf_counter()
-unified.quantize(model, backend=backend, calibration=cal, cache=False)
-seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "peak_mb": hwm(), "before_mb": before}))
-"""
-
-
-def measure_build(backend: str, calibration_file: str) -> dict:
-    """Build in a fresh process so its peak RSS is the build's (plus imports and the model)."""
-    out = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, backend, calibration_file],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def cpu_flags() -> str:
@@ -128,7 +99,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=["lite0", "resnet18", "googlenet"])
-    parser.add_argument("--builds", action="store_true", help="also time a Lite0 build per backend")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     import warnings
@@ -140,21 +110,6 @@ def main() -> None:
           f"{os.environ.get('UNIFIED_ORT_THREADS', '0 (ORT chooses)')}; fused numba kernels: {fused.available()}")
     for name in args.models:
         speed(name, args.rounds)
-    if not args.builds:
-        return
-    import tempfile
-
-    import unified
-    from unified.inputs.sample_images import random_crops
-
-    fp32 = unified.quantize("efficientnet_lite0", backend="ort", mode="fp32")
-    with tempfile.TemporaryDirectory() as tmp:
-        cal_file = os.path.join(tmp, "cal.npy")
-        np.save(cal_file, np.concatenate([fp32.preprocess(c) for c in random_crops(100, seed=1)]))
-        for backend in ("ort", "rknn", "tengine"):
-            b = measure_build(backend, cal_file)
-            print(f"  lite0 {backend:8s} quantize on 100 calibration images: {b['seconds']:.1f} s, "
-                  f"peak RSS {b['peak_mb']:.0f} MB ({b['before_mb']:.0f} MB before the build)")
 
 
 if __name__ == "__main__":

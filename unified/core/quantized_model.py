@@ -19,7 +19,8 @@ from unified.core.quant_params import QuantParams
 from unified.core.result import InferenceResult
 from unified.core.saved_model import container_bytes, read_container, read_container_bytes, write_container
 from unified.inputs.images import ImageLike
-from unified.inputs.preprocess import Preprocess, as_input_batch, batch_size, take
+from unified.core.batching import batch_size, run_in_chunks
+from unified.inputs.preprocess import Preprocess, as_input_batch
 
 
 class QuantizedModel:
@@ -116,7 +117,7 @@ class QuantizedModel:
                                  f"got {n}, which is not a multiple of it")
             # A fixed-size model (as NPU toolkits compile them) runs a larger batch in pieces;
             # the result is exactly that of the single runs.
-            return concatenate_outputs([self._run_native(take(x, i, i + fixed)) for i in range(0, n, fixed)])
+            return run_in_chunks(self._run_native, x, fixed)
         return self._run_native(x)
 
     def _run_native(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
@@ -244,10 +245,3 @@ def check_batch(x: np.ndarray | dict[str, np.ndarray]) -> None:
             bad = "NaN" if np.isnan(v).any() else "Inf"
             raise InputError(f"{name}: the batch contains {bad} values (first at index "
                              f"{tuple(int(i) for i in np.argwhere(~np.isfinite(v))[0])})")
-
-
-def concatenate_outputs(parts: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
-    """Join the outputs of consecutive batches (arrays, or dicts of arrays by output name)."""
-    if parts and isinstance(parts[0], dict):
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    return np.concatenate(parts)

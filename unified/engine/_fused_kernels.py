@@ -5,6 +5,11 @@ import numba
 import numpy as np
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def clamp(v, lo, hi):  # pragma: no cover - compiled
+    return lo if v < lo else (hi if v > hi else v)
+
+
 @numba.njit(nogil=True, cache=True)
 def requant_f64(acc, real, bias_real, use_bias, zo, lo, hi, policy, out):  # pragma: no cover - compiled
     outer, channels, inner = acc.shape
@@ -23,20 +28,13 @@ def requant_f64(acc, real, bias_real, use_bias, zo, lo, hi, policy, out):  # pra
                     v = np.floor(np.abs(v) + 0.5) * s
                 else:
                     v = np.trunc(v)
-                v = v + zo
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
+                v = clamp(v + zo, lo, hi)
                 out[o, c, i] = v
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def mbqm(a, m, k, policy):  # pragma: no cover - compiled; fixed_point.requantize on one value
-    if a < -2147483647:
-        a = -2147483647
-    elif a > 2147483647:
-        a = 2147483647
+    a = clamp(a, -2147483647, 2147483647)
     neg = a < 0
     mag = -a if neg else a
     mag = mag * m
@@ -55,10 +53,7 @@ def add(x1, x2, z1, z2, left, m1, k1, m2, k2, mo, ko, zo, lo, hi, policy, out): 
         a = (np.int64(x1[i]) - z1) << left
         b = (np.int64(x2[i]) - z2) << left
         v = mbqm(mbqm(a, m1, k1, policy) + mbqm(b, m2, k2, policy), mo, ko, policy) + zo
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
+        v = clamp(v, lo, hi)
         out[i] = v
 
 
@@ -72,8 +67,5 @@ def requant_int(acc, bias, mult, k, zo, lo, hi, policy, out):  # pragma: no cove
             b = bias[c]
             for i in range(inner):
                 v = mbqm(np.int64(acc[o, c, i]) + b, m, kc, policy) + zo
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
+                v = clamp(v, lo, hi)
                 out[o, c, i] = v

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from unified.core.batching import run_in_chunks
 from unified.core.errors import InputError
 from unified.engine.integer_graph import IntegerGraph
 from unified.engine.kernels import KERNELS
@@ -70,14 +71,9 @@ class Interpreter:
         result is the same): per image, batch 8 is the fastest size measured (0.8-0.85x batch 1
         on Lite0), and the ORT arena the engine's sessions share then never grows past a batch
         of 8, whatever batch a caller passes (a 200-image batch held gigabytes for good)."""
-        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-        if tap is not None or n <= CHUNK_SAMPLES:
+        if tap is not None:
             return self._run(x, tap)
-        parts = [self._run({k: v[i:i + CHUNK_SAMPLES] for k, v in x.items()} if isinstance(x, dict)
-                           else x[i:i + CHUNK_SAMPLES]) for i in range(0, n, CHUNK_SAMPLES)]
-        if isinstance(parts[0], dict):
-            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        return np.concatenate(parts)
+        return run_in_chunks(self._run, x, CHUNK_SAMPLES)
 
     def _run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
         g = self.graph

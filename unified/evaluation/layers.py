@@ -13,12 +13,7 @@ import numpy as np
 from unified.core import plugins
 from unified.core.quantized_model import QuantizedModel
 from unified.evaluation.report import LayerFigures
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(a.shape[0], -1).astype(np.float64)
-    b = b.reshape(b.shape[0], -1).astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+from unified.evaluation.shards import cosines
 
 
 class ReferenceTaps:
@@ -51,7 +46,7 @@ class _Sums:
 
     def add(self, q: np.ndarray, ref: np.ndarray) -> None:
         r = ref.astype(np.float64)
-        self.cosine += float(_cosines(q, ref).sum())
+        self.cosine += float(cosines(q, ref).sum())
         self.signal += float((r * r).sum())
         self.noise += float(((r - q) ** 2).sum())
         self.images += len(ref)

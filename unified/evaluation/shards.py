@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from unified.core.batching import concatenate_outputs
 from unified.core.errors import UnifiedError
 from unified.core.quantized_model import QuantizedModel
 from unified.evaluation.datasets import Item
@@ -82,23 +83,22 @@ def top_k(scores: np.ndarray, k: int = TOP_K) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
 
 
+def cosines(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per-sample cosine similarity of two batches, in float64."""
+    a = np.asarray(out, np.float64).reshape(len(out), -1)
+    r = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    return (a * r).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1), 1e-30)
+
+
 def summarize(out: np.ndarray, ref: np.ndarray) -> OutputSummary:
     a = out.reshape(len(out), -1).astype(np.float64)
     r = ref.reshape(len(ref), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1)
-    cosine = (a * r).sum(1) / np.maximum(norms, 1e-30)
-    return OutputSummary(cosine, (r * r).sum(1), ((r - a) ** 2).sum(1), np.abs(r - a).max(1),
+    return OutputSummary(cosines(a, r), (r * r).sum(1), ((r - a) ** 2).sum(1), np.abs(r - a).max(1),
                          top_k(out) if is_class_scores(out) else None)
 
 
 def _as_dict(out: Any) -> dict[str, np.ndarray]:
     return out if isinstance(out, dict) else {"output": out}
-
-
-def _stack(samples: list[Any]) -> Any:
-    if isinstance(samples[0], dict):
-        return {name: np.concatenate([s[name] for s in samples]) for name in samples[0]}
-    return np.concatenate(samples)
 
 
 def read_items(items: Sequence[Item], preprocess: Preprocess, input_names: Sequence[str] | None
@@ -126,21 +126,18 @@ def run_shard(shard: Shard, models: dict[str, QuantizedModel], reference: Quanti
                          skipped, read_seconds=time.perf_counter() - t, worker=f"{os.uname().nodename}:{os.getpid()}")
     if not kept:
         return result
-    batches = [_stack(samples[i:i + RUN_BATCH]) for i in range(0, len(samples), RUN_BATCH)]
+    batches = [concatenate_outputs(samples[i:i + RUN_BATCH]) for i in range(0, len(samples), RUN_BATCH)]
     t = time.perf_counter()
-    ref = _join_outputs([_as_dict(reference.run(batch)) for batch in batches])
+    ref = concatenate_outputs([_as_dict(reference.run(batch)) for batch in batches])
     result.seconds[REFERENCE] = time.perf_counter() - t
     result.outputs[REFERENCE] = {name: summarize(r, r) for name, r in ref.items()}
     for label, model in models.items():
         t = time.perf_counter()
-        out = _join_outputs([_as_dict(model.run(batch)) for batch in batches])
+        out = concatenate_outputs([_as_dict(model.run(batch)) for batch in batches])
         result.seconds[label] = time.perf_counter() - t
         result.outputs[label] = {name: summarize(out[name], r) for name, r in ref.items()}
     return result
 
-
-def _join_outputs(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 class ModelCache:

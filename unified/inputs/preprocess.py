@@ -138,15 +138,6 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def batch_size(x: np.ndarray | dict[str, np.ndarray]) -> int:
-    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-
-
-def take(x: np.ndarray | dict[str, np.ndarray], start: int, stop: int) -> np.ndarray | dict[str, np.ndarray]:
-    """Rows start:stop of a batch (of every input, for several inputs)."""
-    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
-
-
 def as_input_batch(x: Any, preprocess: Preprocess, input_names: Sequence[str] | None = None
                    ) -> np.ndarray | dict[str, np.ndarray]:
     """A model input batch from what a user passes: a float array in the model's own input space

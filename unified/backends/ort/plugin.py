@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from unified.core.backend_spec import BackendSpec, reject_unknown_options
+from unified.core.batching import run_in_chunks
 from unified.core.errors import BackendError, InputError
 from unified.core.hookspecs import hookimpl
 from unified.core.quant_params import QuantParams
@@ -58,14 +59,7 @@ class OrtArtifact:
         """A batch larger than `CHUNK_SAMPLES` runs in pieces: the session's arena keeps the
         buffers of the largest batch it ever ran for the session's life (a 200-image Lite0 batch:
         over a gigabyte), and per image a 32-batch is as fast as any larger one."""
-        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-        if n <= CHUNK_SAMPLES:
-            return self._run(x)
-        parts = [self._run({k: v[i:i + CHUNK_SAMPLES] for k, v in x.items()} if isinstance(x, dict)
-                           else x[i:i + CHUNK_SAMPLES]) for i in range(0, n, CHUNK_SAMPLES)]
-        if isinstance(parts[0], dict):
-            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        return np.concatenate(parts)
+        return run_in_chunks(self._run, x, CHUNK_SAMPLES)
 
     def _run(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         session = self.session

@@ -42,12 +42,11 @@ def _fuse_into_conv(ctx: LoweringContext, node: onnx.NodeProto, out_name: str, t
     """RKNN's Conv+Add fusion: when one operand is the output of a conv (no activation of its own)
     read by this Add alone, that conv becomes a `conv_add` node writing the Add's output; the conv's
     own 8-bit output disappears (see `kernels.conv_add`). False when no operand qualifies."""
-    outputs = {o.name for o in ctx.model.graph.output} if hasattr(ctx, "model") else set()
     for index in (0, 1):
         name, residual = node.input[index], node.input[1 - index]
         conv = next((n for n in reversed(ctx.nodes) if name in n.outputs), None)
         if (conv is None or conv.op != "conv" or "+" in conv.source or conv.outputs != [name]
-                or len(ctx.consumers.get(name, [])) != 1 or name in outputs or residual == name):
+                or len(ctx.consumers.get(name, [])) != 1 or name in ctx.outputs or residual == name):
             continue
         t_in, t_res = ctx.q(conv.inputs[0]), ctx.q(residual)
         real = t_in.scale * conv.arrays["w_scale"].astype(np.float64) / to.scale
