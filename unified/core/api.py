@@ -122,8 +122,9 @@ def quantize(
         artifact = plugins.call(backend, "unified_quantize", model=source.proto, calibration=cal,
                                 options=dict(options, mode=mode), preprocess=source.preprocess,
                                 imported=source.imported)
+    signature = input_signature(source.proto)
     qm = QuantizedModel(backend, artifact, source.preprocess, source.name, mode, options,
-                        [name for name, _ in input_signature(source.proto)])
+                        [name for name, _ in signature], signature[0][1] if len(signature) == 1 else None)
     if cached_at is not None:
         qm.save(cached_at)
     return qm

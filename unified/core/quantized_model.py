@@ -35,6 +35,7 @@ class QuantizedModel:
         mode: str = "default",
         options: dict[str, Any] | None = None,
         input_names: Sequence[str] | None = None,
+        input_rank: int | None = None,
     ) -> None:
         self.backend = backend
         self.artifact = artifact
@@ -44,6 +45,8 @@ class QuantizedModel:
         self.options = dict(options or {})
         #: the model's inputs in graph order (a tuple given to `run` follows this order)
         self.input_names = list(input_names or [])
+        #: rank of a single input (a 3-D array is a batch for a rank-3 model, one image for rank 4)
+        self.input_rank = input_rank
         #: True when `unified.quantize` reused a cached build instead of building again
         self.from_cache = False
 
@@ -108,7 +111,7 @@ class QuantizedModel:
         """Float in, float out: a float batch in the model's input space and layout (or images)
         -> float32 outputs: one array for a single-output model, a dict output name -> array
         otherwise."""
-        x = as_input_batch(batch, self.preprocess, self.input_names)
+        x = as_input_batch(batch, self.preprocess, self.input_names, self.input_rank)
         check_batch(x)
         fixed, n = self.fixed_batch, batch_size(x)
         if fixed and n != fixed:
@@ -131,7 +134,7 @@ class QuantizedModel:
     @public_api
     def infer(self, image: ImageLike) -> InferenceResult:
         """One image: load -> preprocess -> quantize_input -> infer -> dequantize_output -> top-5."""
-        x = as_input_batch(image, self.preprocess, self.input_names)
+        x = as_input_batch(image, self.preprocess, self.input_names, self.input_rank)
         if batch_size(x) != 1:
             raise InputError(f"infer takes one image; got a batch of {batch_size(x)} (use run() for batches)")
         out = self.run(x)
@@ -170,6 +173,7 @@ class QuantizedModel:
             "model_name": self.model_name,
             "options": _jsonable(self.options),
             "input_names": self.input_names,
+            "input_rank": self.input_rank,
             "preprocess": self.preprocess.to_json(),
             "artifact": meta,
         }
@@ -216,7 +220,7 @@ class QuantizedModel:
             raise SavedModelError(f"{path}: backend {backend!r} cannot restore it: "
                                   f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         return cls(backend, artifact, preprocess, manifest["model_name"], manifest["mode"], manifest["options"],
-                   manifest.get("input_names"))
+                   manifest.get("input_names"), manifest.get("input_rank"))
 
     def __repr__(self) -> str:
         return f"QuantizedModel(backend={self.backend!r}, mode={self.mode!r}, model={self.model_name!r})"

@@ -117,6 +117,9 @@ def check_manifest(manifest: Any, p: Path) -> dict[str, Any]:
     names = manifest.get("input_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise SavedModelError(f"{p}: manifest field 'input_names' must be a list of names")
+    rank = manifest.get("input_rank")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 8):
+        raise SavedModelError(f"{p}: manifest field 'input_rank' must be an integer from 1 to 8, got {rank!r:.40}")
     for name, entry in manifest["files"].items():
         if not safe_blob_name(name):
             raise SavedModelError(f"{p}: blob name {name!r} is not a safe member name")

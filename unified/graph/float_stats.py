@@ -71,3 +71,15 @@ def channel_means(model: onnx.ModelProto, names: list[str], calibration: Calibra
 
     run_tapped(model, names, calibration, consume)
     return {name: (sums[name] / counts[name]) for name in names}
+
+
+def tensor_maxima(model: onnx.ModelProto, names: list[str], calibration: CalibrationSet) -> dict[str, float]:
+    """Largest value each tensor takes over the calibration set."""
+    maxima: dict[str, float] = {}
+
+    def consume(values: dict[str, np.ndarray]) -> None:
+        for name, v in values.items():
+            maxima[name] = max(maxima.get(name, -np.inf), float(v.max()))
+
+    run_tapped(model, names, calibration, consume)
+    return maxima

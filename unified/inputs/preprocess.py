@@ -138,10 +138,11 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def as_input_batch(x: Any, preprocess: Preprocess, input_names: Sequence[str] | None = None
-                   ) -> np.ndarray | dict[str, np.ndarray]:
+def as_input_batch(x: Any, preprocess: Preprocess, input_names: Sequence[str] | None = None,
+                   input_rank: int | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """A model input batch from what a user passes: a float array in the model's own input space
-    and layout (a 3-D image tensor gets its batch dimension), image(s) through `preprocess`, or,
+    and layout (a 3-D image tensor gets its batch dimension, unless the model's input has rank 3:
+    then it is a batch of sequences), image(s) through `preprocess`, or,
     for a model with several inputs, a dict input name -> array or a tuple in graph order."""
     names = list(input_names or [])
     if isinstance(x, (tuple, list)) and len(names) > 1 and len(x) == len(names) and all(isinstance(v, np.ndarray) for v in x):
@@ -158,7 +159,7 @@ def as_input_batch(x: Any, preprocess: Preprocess, input_names: Sequence[str] | 
         raise InputError(f"the model takes {len(names)} inputs {names}: pass a dict by input name or a tuple in "
                          "graph order")
     if isinstance(x, np.ndarray) and x.dtype.kind == "f":
-        if x.ndim == 3:
+        if x.ndim == 3 and input_rank in (None, 4):
             x = x[None]
         if x.ndim < 2:
             raise InputError(f"expected a float batch in the model's input layout, got shape {x.shape}")

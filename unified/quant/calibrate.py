@@ -14,7 +14,7 @@ from unified.core.errors import CalibrationError
 from unified.graph.float_stats import run_tapped
 from unified.graph.onnx_model import graph_inputs
 from unified.inputs.calibration import CalibrationSet
-from unified.quant.ranges import ESTIMATORS, Histogram
+from unified.quant.ranges import BINNING, ESTIMATORS, EXTREMES_ONLY, Histogram
 from unified.terminal.progress import progress
 
 
@@ -36,10 +36,11 @@ def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str) ->
     names = tapped_names(model)
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
+    sizes: dict[str, int] = {}
     batch = 4
+    passes = 1 if method in EXTREMES_ONLY else 2
     steps = (len(calibration) + batch - 1) // batch
-    bar = progress(range(steps * (1 if method == "minmax" else 2)), steps * (1 if method == "minmax" else 2), "calibrating",
-                   f"{len(calibration)} images")
+    bar = progress(range(steps * passes), steps * passes, "calibrating", f"{len(calibration)} images")
     ticker = iter(bar)
 
     def first_pass(values: dict[str, np.ndarray]) -> None:
@@ -51,10 +52,13 @@ def collect(model: onnx.ModelProto, calibration: CalibrationSet, method: str) ->
                 raise CalibrationError(f"tensor {name!r} becomes NaN/Inf on the calibration data")
             lo[name] = min(lo[name], float(v.min()))
             hi[name] = max(hi[name], float(v.max()))
+            sizes[name] = v.size // v.shape[0] if v.ndim else 1
 
     run_tapped(model, names, calibration, first_pass, batch_size=batch)
-    histograms = {n: Histogram(min(lo[n], 0.0), max(hi[n], 0.0)) for n in names if np.isfinite(lo[n])}
-    if method != "minmax":
+    histograms = {n: Histogram(min(lo[n], 0.0), max(hi[n], 0.0), observed_lo=lo[n], observed_hi=hi[n],
+                               sample_size=sizes[n], binning=BINNING.get(method, "uniform"))
+                  for n in names if np.isfinite(lo[n])}
+    if passes == 2:
         def second_pass(values: dict[str, np.ndarray]) -> None:
             next(ticker, None)
             for name, v in values.items():

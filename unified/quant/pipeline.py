@@ -37,6 +37,8 @@ class BuildOptions:
     adaptive_rounding: bool = False     # output-aware up/down rounding of weights (weight_rounding)
     float_fallback: tuple[str, ...] = ()  # op types to run in float whatever the engine supports
     strict: bool = False                  # refuse (rather than run in float) what the engine cannot express
+    calibrated_softmax: bool = False      # an internal Softmax (attention) takes its calibrated range from 0
+    clamp_fixes_range: bool = True        # a fused ReLU6 output is exactly [0, 6] (else calibrated, narrowed)
 
 
 def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
@@ -57,6 +59,21 @@ def fake_quantizer(scheme: Scheme, weight_method: str):
         real = (grid.nearest - grid.zero_point[:, None]) * grid.scale[:, None]
         return from_weight_rows(node, real, w.shape).astype(np.float32)
     return quantize
+
+
+def is_image_input(model: onnx.ModelProto, preprocess: Preprocess) -> bool:
+    """One 4-D input with 1, 3 or 4 channels where `preprocess.layout` puts them: only then is
+    the input 8-bit pixels under mean/std (a sequence or feature input is calibrated instead)."""
+    from unified.graph.onnx_model import graph_inputs
+
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        return False
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        return False
+    channels = dims[3] if preprocess.layout == "NHWC" else dims[1]
+    return channels.HasField("dim_value") and channels.dim_value in (1, 3, 4)
 
 
 def input_range(preprocess: Preprocess) -> tuple[float, float]:
@@ -80,7 +97,8 @@ def range_source(scheme: Scheme, options: BuildOptions, stats: TensorStats | Non
     def weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return weight_ranges(w, scheme.per_channel_weights, options.weight_method, 256)
 
-    return RangeSource(activation if stats is not None else None, weight)
+    return RangeSource(activation if stats is not None else None, weight,
+                       calibrated_softmax=options.calibrated_softmax, clamp_fixes_range=options.clamp_fixes_range)
 
 
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
@@ -112,7 +130,8 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
     stats = collect(prepared, calibration, options.range_method) if given is None else None
     given_params = {name: scheme.params(scale, zp) for name, (scale, zp) in given.items()} if given else None
     return lower(prepared, scheme, range_source(scheme, options, stats),
-                 input_range(preprocess) if preprocess is not None else None, set(options.float_fallback), given_params,
+                 input_range(preprocess) if preprocess is not None and is_image_input(prepared, preprocess) else None,
+                 set(options.float_fallback), given_params,
                  strict=options.strict)
 
 

@@ -32,10 +32,21 @@ class Histogram:
     counts: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.float64))
     total: int = 0
     sum: float = 0.0
+    #: the extremes actually observed (lo/hi above are widened to include 0)
+    observed_lo: float = 0.0
+    observed_hi: float = 0.0
+    #: elements per sample (Tengine's ACIQ uses the tensor's element count at batch 1)
+    sample_size: int = 0
+    #: "uniform" (BINS bins over [lo, hi]) or "tengine" (Tengine's histCount over the observed range)
+    binning: str = "uniform"
 
     def add(self, x: np.ndarray) -> None:
         flat = x.reshape(-1)
-        if self.hi > self.lo:
+        if self.binning == "tengine":
+            from unified.quant.tengine_ranges import hist_count
+
+            self.counts += hist_count(flat, self.observed_lo, self.observed_hi)
+        elif self.hi > self.lo:
             # uniform bins: index arithmetic + bincount, ~10x faster than np.histogram
             idx = ((flat - np.float32(self.lo)) * np.float32(BINS / (self.hi - self.lo))).astype(np.int32)
             np.clip(idx, 0, BINS - 1, out=idx)
@@ -184,7 +195,29 @@ def kl_rknn(h: Histogram, levels: int) -> tuple[float, float]:
     return max(h.lo, -threshold), min(h.hi, threshold)
 
 
-ESTIMATORS = {"minmax": minmax, "percentile": percentile, "mse": mse, "kl": kl, "kl_rknn": kl_rknn, "aciq": aciq}
+def kl_tengine(h: Histogram, levels: int) -> tuple[float, float]:
+    """Tengine's `-a 1` (see `tengine_ranges`); needs a histogram with `binning="tengine"`."""
+    from unified.quant.tengine_ranges import kl_range
+
+    if not h.observed_hi > h.observed_lo or h.counts[1:].sum() == 0:
+        return h.lo, h.hi
+    return kl_range(h.counts, h.observed_lo, h.observed_hi)
+
+
+def aciq_tengine(h: Histogram, levels: int) -> tuple[float, float]:
+    """Tengine's `-a 2`: the Gaussian clip T of |x|max, range [-T, T]."""
+    from unified.quant.tengine_ranges import aciq_clip
+
+    t = aciq_clip(max(abs(h.lo), abs(h.hi)), h.sample_size)
+    return (-t, t) if t > 0 else (h.lo, h.hi)
+
+
+ESTIMATORS = {"minmax": minmax, "percentile": percentile, "mse": mse, "kl": kl, "kl_rknn": kl_rknn, "aciq": aciq,
+              "kl_tengine": kl_tengine, "aciq_tengine": aciq_tengine}
+#: estimators that read a histogram binned their own way
+BINNING = {"kl_tengine": "tengine"}
+#: estimators that need only the extremes (no second, histogram pass)
+EXTREMES_ONLY = {"minmax", "aciq_tengine"}
 
 
 def weight_ranges(w: np.ndarray, per_channel: bool, method: str, levels: int) -> tuple[np.ndarray, np.ndarray]:

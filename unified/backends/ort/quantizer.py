@@ -27,6 +27,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from unified.core.backend_spec import option_bool, option_choice, option_names
+from unified.core.profile import Profile
+from unified.graph.float_stats import tensor_maxima
 from unified.graph.onnx_model import graph_inputs, output_channel_axis
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.bias_correction import correct_biases
@@ -83,14 +85,32 @@ def fake_quantize_symmetric_int8(w: np.ndarray, node: onnx.NodeProto, qmax: int 
     return (np.clip(np.rint(w / scale), -qmax, qmax) * scale).astype(np.float32)
 
 
+def internal_softmax_overrides(model: onnx.ModelProto, calibration: CalibrationSet) -> dict[str, list[dict]]:
+    """`TensorQuantOverrides` giving each Softmax inside the graph (attention) its calibrated
+    range [0, max] instead of the [0, 1] ORT forces on every Softmax: over T tokens the
+    probabilities are near 1/T, which ORT's 1/255 step rounds to zero. A graph output keeps [0, 1]."""
+    outputs = {o.name for o in model.graph.output}
+    names = [n.output[0] for n in model.graph.node if n.op_type == "Softmax" and n.output[0] not in outputs]
+    if not names:
+        return {}
+    maxima = tensor_maxima(model, names, calibration)
+    return {name: [{"rmin": np.float32(0.0), "rmax": np.float32(min(max(hi, 1e-6), 1.0))}]
+            for name, hi in maxima.items()}
+
+
 def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, options: dict[str, Any]) -> bytes:
+    profile = Profile.read("ort", options)
     method = _choice(options, "calibrate_method", CALIBRATION_METHODS, "minmax")
     activation = _choice(options, "activation_type", QUANT_TYPES, "uint8")
     weight = _choice(options, "weight_type", QUANT_TYPES, "int8")
     per_channel = option_bool("ort", options, "per_channel", True)
     exclude = list(option_names("ort", options, "nodes_to_exclude"))
     reduce_range = option_bool("ort", options, "reduce_range", not cpu_has_vnni())
-    if per_channel and weight == QuantType.QInt8 and option_bool("ort", options, "bias_correction", True):
+    correct = profile.addition("bias_correction", best=True, toolkit=False)
+    extra: dict[str, Any] = {"CalibTensorRangeSymmetric": False}
+    if profile.addition("calibrated_softmax", best=True, toolkit=False):
+        extra["TensorQuantOverrides"] = internal_softmax_overrides(model, calibration)
+    if per_channel and weight == QuantType.QInt8 and correct:
         qmax = 64 if reduce_range else 127
         model = correct_biases(model, calibration, lambda w, node: fake_quantize_symmetric_int8(w, node, qmax))
     with tempfile.TemporaryDirectory(prefix="unified-ort-") as tmp:
@@ -101,7 +121,7 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
             str(pre), str(out), _Reader(graph_inputs(model)[0].name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
             activation_type=activation, weight_type=weight, calibrate_method=method,
-            nodes_to_exclude=exclude, extra_options={"CalibTensorRangeSymmetric": False},
+            nodes_to_exclude=exclude, extra_options=extra,
         )
         return out.read_bytes()
 

@@ -1,13 +1,20 @@
 """The rknn backend's hooks: RKNN-Toolkit2's w8a8 scheme on the integer engine.
 
-Options (RKNN's `config()` names where they exist):
-  quantized_algorithm  "mmse" (default) | "normal" | "kl_divergence"
+Options (RKNN's `config()` names where they exist, with the toolkit's meaning under both profiles):
+  profile              "best" (default): unified's most accurate choices within RKNN's scheme;
+                       "toolkit": RKNN-Toolkit2 as it is (its defaults, nothing added); unified's
+                       additions below default off and cannot be switched on
+  quantized_algorithm  "mmse" (default under best; unified's own fast MSE, not the toolkit's) |
+                       "normal" (min-max; the toolkit profile's default) | "kl_divergence"
   quantized_method     "channel" (default) | "layer"
   mean_values, std_values   pixel-unit normalization folded into the int8 input
                             (default: the model's own preprocessing)
-  bias_correction      True (default): correct biases for weight rounding (Nagel et al. 2019)
-  fuse_residual_add    False (default): True fuses a conv with the residual Add after it, as the
-                       real toolkit does (the conv's output is not rounded to int8 before the Add)
+  bias_correction      addition, on under best: correct biases for weight rounding (Nagel et al. 2019)
+  calibrated_softmax   addition, on under best: a Softmax inside the graph (attention) takes its
+                       calibrated range instead of [0, 1]
+  fuse_residual_add    a conv fused with the residual Add after it, as the real toolkit does (the
+                       conv's output is not rounded to int8 before the Add): on under toolkit, off
+                       under best (rounding between them measured more accurate)
   float_fallback       op types to run in float on the CPU even where the engine could run them
   strict               False (default): what the engine cannot express runs in float, recorded in
                        `qm.float_nodes`; True: refuse it, naming every such node in one message
@@ -29,6 +36,7 @@ from unified.backends.rknn.scheme import RknnScheme
 from unified.core.backend_spec import option_bool, option_choice, option_names, reject_unknown_options
 from unified.core.errors import InputError
 from unified.core.hookspecs import hookimpl
+from unified.core.profile import Profile
 from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_spec
 from unified.engine.integer_artifact import IntegerArtifact
 from unified.inputs.calibration import CalibrationSet
@@ -41,7 +49,7 @@ ALGORITHMS = {
     "mmse": ("mse", "mse"),
     "kl_divergence": ("kl_rknn", "minmax"),
 }
-KNOWN_OPTIONS = {"mode", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
+KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
                  "bias_correction", "fuse_residual_add", "float_fallback", "strict"}
 
 
@@ -57,16 +65,21 @@ def unified_register_backends(register) -> None:
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
                      options: Mapping[str, Any], preprocess: Preprocess, imported: Any) -> IntegerArtifact | None:
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
-    algorithm = option_choice(NAME, options, "quantized_algorithm", ALGORITHMS, "mmse")
+    profile = Profile.read(NAME, options)
+    algorithm = profile.toolkit_choice("quantized_algorithm", ALGORITHMS, best="mmse", toolkit="normal",
+                                       reproduced=("normal", "kl_divergence"))
     method = option_choice(NAME, options, "quantized_method", ("channel", "layer"), "channel")
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
-                         bias_correction=option_bool(NAME, options, "bias_correction", True),
+                         bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
+                         calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))
+    fuse = profile.addition("fuse_residual_add", best=False, toolkit=True)
     pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
-    scheme = RknnScheme(method, fuse_conv_add=option_bool(NAME, options, "fuse_residual_add", False))
-    extra: dict[str, Any] = {"preprocess": pre.to_json(), "quantized_algorithm": algorithm, "quantized_method": method}
+    scheme = RknnScheme(method, fuse_conv_add=fuse)
+    extra: dict[str, Any] = {"preprocess": pre.to_json(), "profile": profile.name, "quantized_algorithm": algorithm,
+                             "quantized_method": method}
     if imported is not None:  # an already quantized QDQ model: adopt its params
         graph, extra["import_report"] = build_from_qdq(imported, calibration, scheme, build)
     else:

@@ -1,12 +1,17 @@
 """The tengine backend's hooks: Tengine's uint8 per-tensor scheme on the integer engine.
 
-Options:
+Options (Tengine's own keep Tengine's meaning under both profiles):
+  profile          "best" (default): unified's most accurate choices within Tengine's scheme;
+                   "toolkit": quant_tool_uint8 as it is; the additions below default off and
+                   cannot be switched on
   algorithm        "minmax" (default) | "kl" | "aciq"  (quant_tool_uint8's -a 0 / 1 / 2)
   mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
-  bias_correction  True (default): correct biases for weight rounding from fp32 channel means
-  equalization     False (default): cross-layer equalization where it keeps the float model exact
-  rounding         "adaptive" (default): each weight rounded up or down to keep its layer's output
-                   (AdaRound's objective); "nearest": Tengine's own round-to-nearest
+  bias_correction  addition, on under best: correct biases for weight rounding from fp32 channel means
+  equalization     addition, off by default: cross-layer equalization where it keeps the float model exact
+  rounding         "adaptive" (addition, default under best): each weight rounded up or down to keep
+                   its layer's output (AdaRound's objective); "nearest": Tengine's own round-to-nearest
+  calibrated_softmax  addition, on under best: a Softmax inside the graph (attention) takes its
+                   calibrated range instead of Tengine's fixed 1/255
   scale_file       build from a `<tensor> <scale> <zero_point>` table instead of calibrating
   float_fallback   op types to run in float even where the engine could run them
   strict           False (default): what the engine cannot express runs in float (`qm.float_nodes`);
@@ -28,6 +33,7 @@ from unified.backends.tengine.scheme import TengineScheme, format_scale
 from unified.core.backend_spec import option_bool, option_choice, option_names, reject_unknown_options
 from unified.core.errors import InputError
 from unified.core.hookspecs import hookimpl
+from unified.core.profile import Profile
 from unified.engine.backend_hooks import IntegerBackendHooks, integer_backend_spec
 from unified.engine.integer_artifact import IntegerArtifact
 from unified.engine.scale_table import read_scale_table, write_scale_table
@@ -36,16 +42,18 @@ from unified.inputs.preprocess import Preprocess
 from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_graph
 
 NAME = "tengine"
-ALGORITHMS = {"minmax": "minmax", "kl": "kl", "aciq": "aciq"}
+#: quant_tool_uint8's algorithms, as its source computes them (`quant/tengine_ranges.py`)
+ALGORITHMS = {"minmax": "minmax", "kl": "kl_tengine", "aciq": "aciq_tengine"}
 ROUNDINGS = ("adaptive", "nearest")
-KNOWN_OPTIONS = {"mode", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
+KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
                  "float_fallback", "strict"}
 
 
 def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
     """A scale file replaces calibration, unless a weight option needs fp32 statistics."""
-    weights_need_data = (option_bool(NAME, options, "bias_correction", True)
-                         or str(options.get("rounding", "adaptive")).lower() == "adaptive")
+    best = str(options.get("profile", "best")).lower() != "toolkit"
+    weights_need_data = (option_bool(NAME, options, "bias_correction", best)
+                         or str(options.get("rounding", "adaptive" if best else "nearest")).lower() == "adaptive")
     return not (options.get("scale_file") and not weights_need_data)
 
 
@@ -62,20 +70,24 @@ def unified_register_backends(register) -> None:
 def unified_quantize(backend: str, model: onnx.ModelProto, calibration: CalibrationSet | None,
                      options: Mapping[str, Any], preprocess: Preprocess, imported: Any) -> IntegerArtifact | None:
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
+    profile = Profile.read(NAME, options)
     algorithm = option_choice(NAME, options, "algorithm", ALGORITHMS, "minmax")
-    rounding = option_choice(NAME, options, "rounding", ROUNDINGS, "adaptive")
+    rounding = profile.addition_choice("rounding", ROUNDINGS, best="adaptive", toolkit="nearest")
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
     build = BuildOptions(range_method=ALGORITHMS[algorithm], weight_method="minmax",
-                         bias_correction=option_bool(NAME, options, "bias_correction", True),
-                         equalization=option_bool(NAME, options, "equalization", False),
+                         bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
+                         equalization=profile.addition("equalization", best=False, toolkit=False),
                          adaptive_rounding=rounding == "adaptive",
+                         calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
+                         clamp_fixes_range=algorithm == "minmax",
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))
     scale = options.get("scale")  # Tengine's -s multiplies: std is its inverse
     pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
-    extra: dict[str, Any] = {"preprocess": pre.to_json(), "algorithm": algorithm, "rounding": rounding}
+    extra: dict[str, Any] = {"preprocess": pre.to_json(), "profile": profile.name, "algorithm": algorithm,
+                             "rounding": rounding}
     scheme = TengineScheme(symmetric=algorithm == "aciq")
     if imported is not None:  # an already quantized QDQ model: adopt its params
         graph, extra["import_report"] = build_from_qdq(imported, calibration, scheme, build)

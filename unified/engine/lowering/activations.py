@@ -3,7 +3,8 @@
 Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu and the other one-input functions map each of
 the 256 input levels through the float function once, at build time, as NPUs do; outputs with a
 fixed range (Sigmoid [0, 1], Tanh [-1, 1]) take it instead of calibration. Softmax (on any axis)
-uses an exp table with 20 fractional bits and the scheme's fixed output parameters.
+uses an exp table with 20 fractional bits and the scheme's fixed output parameters; a Softmax inside
+the graph (attention) can take its calibrated range instead (`RangeSource.calibrated_softmax`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 
 from unified.core.errors import UnsupportedOperatorError
+from unified.core.quant_params import QuantParams
 from unified.engine.lowering.context import LoweringContext, node_key
 from unified.engine.lowering.registry import lowers
 from unified.graph.onnx_model import node_attributes
@@ -89,12 +91,23 @@ def lower_prelu(ctx: LoweringContext, node: onnx.NodeProto) -> None:
              {"tables": tables.astype(np.int64), "slope": slope.astype(np.float32)}, to)
 
 
+def softmax_output_params(ctx: LoweringContext, name: str) -> QuantParams:
+    """The scheme's fixed [0, 1] parameters, or for an internal Softmax with calibrated ranges on,
+    [0, calibrated max]: attention over T tokens gives probabilities near 1/T, which a fixed 1/255
+    step rounds to zero (a 784-token ViT loses its attention output entirely: 0.2 dB SQNR)."""
+    fixed = ctx.scheme.softmax_output()
+    if not ctx.ranges.calibrated_softmax or ctx.ranges.activation is None or name in ctx.outputs:
+        return fixed  # a graph output keeps [0, 1]: clipping the probabilities an application reads could tie them
+    _, hi = ctx.ranges.activation(name)
+    return ctx.params_from_range(0.0, min(float(hi), 1.0), name=name)
+
+
 @lowers("Softmax")
 def lower_softmax(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     # (the front end raised the opset to >= 13, where Softmax normalizes along one axis, as the kernel does)
     x = node.input[0]
     tx = ctx.q(x)
-    to = ctx.given.get(node.output[0], ctx.scheme.softmax_output())
+    to = ctx.given.get(node.output[0]) or softmax_output_params(ctx, node.output[0])
     d = np.arange(ctx.scheme.qmax - ctx.scheme.qmin + 1)
     exp_table = np.round(np.exp(-d * tx.scale) * (1 << EXP_FRACTION_BITS)).astype(np.int64)
     inv_out = int(round((1 << 16) / to.scale))

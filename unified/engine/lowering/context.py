@@ -45,6 +45,13 @@ class RangeSource:
     weight: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     #: weights whose (scales, zero points) are given, by initializer name (an imported QDQ model)
     given_weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    #: a Softmax inside the graph (attention) takes its calibrated range from 0 instead of the
+    #: scheme's fixed [0, 1]: over T tokens its probabilities are near 1/T, far below 1/255
+    calibrated_softmax: bool = False
+    #: a fused clamp with a lower bound of 0 fixes the output range (a ReLU6 output is exactly
+    #: [0, 6], as RKNN and Tengine's min-max give it); False: the calibrated range, narrowed to
+    #: the clamp (Tengine's KL and ACIQ calibrate fused outputs like any other tensor)
+    clamp_fixes_range: bool = True
 
 
 class DegenerateRangeWarning(UserWarning):
@@ -169,7 +176,7 @@ class LoweringContext:
         if out_name in self.given or self.ranges.activation is None:
             return self.calibrated(out_name)
         lo_b, hi_b = bounds
-        if np.isfinite(lo_b) and np.isfinite(hi_b) and lo_b == 0.0:
+        if np.isfinite(lo_b) and np.isfinite(hi_b) and lo_b == 0.0 and self.ranges.clamp_fixes_range:
             return self.params_from_range(0.0, hi_b, name=out_name)
         lo, hi = self.ranges.activation(out_name)
         return self.params_from_range(max(lo, lo_b), min(hi, hi_b), name=out_name)
