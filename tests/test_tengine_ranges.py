@@ -83,3 +83,60 @@ def test_kl_range_clips_each_side_and_stays_asymmetric() -> None:
     assert lo < kl_lo < -1.0 and 3.0 < kl_hi < hi
     zp = TengineScheme().activation_params(kl_lo, kl_hi).zero_point
     assert zp != 127 and 0 < zp < 255
+
+
+def _pad_conv_relu6_model():
+    """input -> Pad (bottom/right, TF 'same') -> Conv 3x3 -> Clip(0, 6): Lite0's stem in small."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Pad", ["input", "pads"], ["padded"], mode="constant"),
+             helper.make_node("Conv", ["padded", "w", "b"], ["conv"], strides=[2, 2]),
+             helper.make_node("Clip", ["conv", "lo", "hi"], ["out"])]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_toolkit_profile_pads_like_tengines_runtime() -> None:
+    """Tengine's uint8 Pad writes the raw byte 0 whatever the zero point: on an input with zero point
+    127 that pads with -127 steps (-1.0 here), not 0. The toolkit profile keeps the Pad and does the
+    same (checked against the real runtime: 98.5% top-1 agreement on Lite0); best folds it into the
+    conv, whose padding is a true zero."""
+    import unified
+
+    model = _pad_conv_relu6_model()
+    rng = np.random.default_rng(1)
+    cal = [rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    x = rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
+    toolkit = unified.quantize(model, backend="tengine", calibration=cal, profile="toolkit", cache=False)
+    best = unified.quantize(model, backend="tengine", calibration=cal, cache=False)
+    pads = [n for n in toolkit.artifact.graph.nodes if n.op == "pad"]
+    assert len(pads) == 1 and pads[0].attrs["value"] == 0
+    assert toolkit.artifact.graph.tensors["input"].zero_point == 127
+    assert not [n for n in best.artifact.graph.nodes if n.op == "pad"]
+    ref = unified.quantize(model, backend="ort", mode="fp32").run(x)
+    err_toolkit, err_best = np.abs(toolkit.run(x) - ref), np.abs(best.run(x) - ref)
+    # the last output row and column read the padding: there the raw 0 byte costs the toolkit build
+    assert err_toolkit[:, :, -1, :].mean() > 4 * err_best[:, :, -1, :].mean()
+    assert err_toolkit[:, :, :-1, :-1].max() <= 2 * err_best[:, :, :-1, :-1].max() + 0.03
+
+
+def test_aciq_clips_relu6_outputs_like_any_tensor() -> None:
+    """Tengine's ACIQ treats a fused Conv+ReLU6 output like every other tensor: symmetric, zero
+    point 127, T below 6 (min-max keeps ReLU6 outputs at exactly [0, 6])."""
+    import unified
+
+    model = _pad_conv_relu6_model()
+    rng = np.random.default_rng(2)
+    cal = [rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32) * 4 for _ in range(8)]
+    aciq = unified.quantize(model, backend="tengine", calibration=cal, profile="toolkit", algorithm="aciq", cache=False)
+    minmax = unified.quantize(model, backend="tengine", calibration=cal, profile="toolkit", cache=False)
+    out_aciq, out_minmax = aciq.artifact.graph.tensors["out"], minmax.artifact.graph.tensors["out"]
+    assert (out_minmax.scale, out_minmax.zero_point) == (pytest.approx(0.023529, abs=1e-6), 0)
+    assert out_aciq.zero_point == 127 and out_aciq.scale * 127.5 == pytest.approx(aciq_clip(6.0, 4 * 8 * 8), rel=1e-4)

@@ -25,6 +25,10 @@ class Scheme(abc.ABC):
     per_channel_weights: bool = True
     #: True where the platform computes round(x / s + z) rather than round(x / s) + z (Tengine)
     zero_point_inside_round: bool = False
+    #: the runtime's Pad writes its constant as a raw integer (Tengine: the float value cast to
+    #: uint8, 0, whatever the zero point) and copies the input bytes into an output with its own
+    #: parameters; False: the pad value is quantized and the output shares the input's parameters
+    raw_pad_value: bool = False
 
     qmin = IntegerBound("activation_dtype", 0)
     qmax = IntegerBound("activation_dtype", 1)

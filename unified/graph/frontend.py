@@ -7,7 +7,9 @@ Sub/Mul/Add, computed pads. The front end turns all of that into a plain graph:
 1. the default-domain opset is raised to at least `MIN_OPSET` with `onnx.version_converter`
    (ORT's QDQ quantizer writes per-channel DequantizeLinear, which needs opset 13);
 2. onnxslim folds constants and shape arithmetic, removes Identity/no-op nodes and fuses
-   simple patterns; it keeps a free batch dimension free (shapes become [-1, ...]).
+   simple patterns; it keeps a free batch dimension free (shapes become [-1, ...]). Explicit
+   Pad nodes stay: whether a Pad folds into the Conv after it is the backend's decision (Tengine's
+   runtime pads on its own, with different numbers; `graph.prepare` folds them for the others).
 
 Why onnxslim: it is maintained, pure Python (it runs wherever onnx does, no compiled wheel), folds
 ShuffleNet's 900-node export to its 186 real nodes in under a second, and, unlike onnxsim, folds
@@ -88,7 +90,7 @@ def slim(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     import onnxslim
 
     try:
-        slimmed = onnxslim.slim(model)
+        slimmed = onnxslim.slim(model, skip_fusion_patterns=["FusionPadConv"])
     except Exception as exc:  # onnxslim is an optimization: a model it cannot handle stays as it was
         log.warning("%s: onnxslim could not simplify the model (%s); using it as exported",
                     name, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

@@ -156,14 +156,16 @@ def _constant_arithmetic_to_add_mul(model: onnx.ModelProto) -> None:
         node.input[1] = name
 
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A prepared copy of `model`: same function, fewer and simpler nodes."""
+def prepare(model: onnx.ModelProto, fold_pads: bool = True) -> onnx.ModelProto:
+    """A prepared copy of `model`: same function, fewer and simpler nodes. `fold_pads=False` keeps
+    Pad nodes as they are (a toolkit whose runtime pads on its own, e.g. Tengine's raw-byte Pad)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out = constants_to_initializers(out)
     _drop_noops(out)
     _fold_batchnorm(out)
-    _fold_pads(out)
+    if fold_pads:
+        _fold_pads(out)
     _constant_arithmetic_to_add_mul(out)
     out = onnx.shape_inference.infer_shapes(out)
     _matmul_to_gemm(out)

@@ -39,6 +39,7 @@ class BuildOptions:
     strict: bool = False                  # refuse (rather than run in float) what the engine cannot express
     calibrated_softmax: bool = False      # an internal Softmax (attention) takes its calibrated range from 0
     clamp_fixes_range: bool = True        # a fused ReLU6 output is exactly [0, 6] (else calibrated, narrowed)
+    fold_pads: bool = True                # fold zero Pads into the Conv after them (False: the runtime pads)
 
 
 def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
@@ -111,7 +112,7 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
     """
     if given is None and (calibration is None or len(calibration) == 0):
         raise CalibrationError(f"{scheme.name}: quantization needs calibration data (or a scale table)")
-    prepared = prepare(model)
+    prepared = prepare(model, fold_pads=options.fold_pads)
     if given is not None:
         known = {i.name for i in prepared.graph.input} | {o for n in prepared.graph.node for o in n.output}
         check_names(given, known, "scale table")

@@ -81,6 +81,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          adaptive_rounding=rounding == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          clamp_fixes_range=algorithm == "minmax",
+                         fold_pads=not profile.toolkit,
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))
     scale = options.get("scale")  # Tengine's -s multiplies: std is its inverse
@@ -88,7 +89,9 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     extra: dict[str, Any] = {"preprocess": pre.to_json(), "profile": profile.name, "algorithm": algorithm,
                              "rounding": rounding}
-    scheme = TengineScheme(symmetric=algorithm == "aciq")
+    # Tengine's runtime pads with the raw byte 0 whatever the zero point (toolkit); best folds zero
+    # pads into the convs, which pad with the true zero
+    scheme = TengineScheme(symmetric=algorithm == "aciq", raw_pads=profile.toolkit)
     if imported is not None:  # an already quantized QDQ model: adopt its params
         graph, extra["import_report"] = build_from_qdq(imported, calibration, scheme, build)
     else:

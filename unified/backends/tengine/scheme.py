@@ -39,8 +39,9 @@ class TengineScheme(Scheme):
     per_channel_weights = False
     zero_point_inside_round = True
 
-    def __init__(self, symmetric: bool = False) -> None:
+    def __init__(self, symmetric: bool = False, raw_pads: bool = False) -> None:
         self.symmetric = symmetric
+        self.raw_pad_value = raw_pads
 
     def _params(self, lo: np.ndarray, hi: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
         """scale = (max - min) / 255, zero point int(-min / scale): C truncation, not rounding."""
@@ -70,4 +71,4 @@ class TengineScheme(Scheme):
         return self.params(1.0 / 255.0, 0)
 
     def describe(self) -> dict:
-        return dict(super().describe(), symmetric=self.symmetric)
+        return dict(super().describe(), symmetric=self.symmetric, raw_pad_value=self.raw_pad_value)

@@ -49,8 +49,8 @@ class RangeSource:
     #: scheme's fixed [0, 1]: over T tokens its probabilities are near 1/T, far below 1/255
     calibrated_softmax: bool = False
     #: a fused clamp with a lower bound of 0 fixes the output range (a ReLU6 output is exactly
-    #: [0, 6], as RKNN and Tengine's min-max give it); False: the calibrated range, narrowed to
-    #: the clamp (Tengine's KL and ACIQ calibrate fused outputs like any other tensor)
+    #: [0, 6], as RKNN and Tengine's min-max give it); False: the fused output's own calibrated
+    #: range, as is (Tengine's KL and ACIQ calibrate fused outputs like any other tensor)
     clamp_fixes_range: bool = True
 
 
@@ -175,8 +175,10 @@ class LoweringContext:
         """Calibrated params narrowed to a fused clamp; a ReLU6 output is exactly [0, 6]."""
         if out_name in self.given or self.ranges.activation is None:
             return self.calibrated(out_name)
+        if not self.ranges.clamp_fixes_range:  # the fused output calibrated like any tensor (Tengine KL/ACIQ)
+            return self.calibrated(out_name)
         lo_b, hi_b = bounds
-        if np.isfinite(lo_b) and np.isfinite(hi_b) and lo_b == 0.0 and self.ranges.clamp_fixes_range:
+        if np.isfinite(lo_b) and np.isfinite(hi_b) and lo_b == 0.0:
             return self.params_from_range(0.0, hi_b, name=out_name)
         lo, hi = self.ranges.activation(out_name)
         return self.params_from_range(max(lo, lo_b), min(hi, hi_b), name=out_name)

@@ -125,5 +125,10 @@ def lower_pad(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     pads = ctx.require_constant(node, 1, "pads").astype(int).tolist()
     value = float(ctx.inits[node.input[2]].reshape(-1)[0]) if len(node.input) > 2 and node.input[2] else 0.0
     tx = ctx.q(node.input[0])
+    if ctx.scheme.raw_pad_value:  # bytes copied, the constant cast as is, the output's own params
+        qv = int(np.clip(np.trunc(value), ctx.scheme.qmin, ctx.scheme.qmax))
+        ctx.emit("pad", node, [node.input[0]], list(node.output), node.op_type, {"pads": pads, "value": qv}, {},
+                 ctx.calibrated(node.output[0]))
+        return
     qv = int(np.clip(ctx.scheme.rounding.round(value / tx.scale) + tx.zero_point, ctx.scheme.qmin, ctx.scheme.qmax))
     _keep_params(ctx, node, "pad", {"pads": pads, "value": qv})
