@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--rknn-venv", help="virtual environment holding rknn-toolkit2")
     parser.add_argument("--tengine-build", help="Tengine build folder (convert_tool, quant_tool_uint8, library)")
     parser.add_argument("--tengine-algorithms", nargs="+", default=list(TENGINE_ALGORITHMS))
+    parser.add_argument("--keep", help="work in this (new) folder and keep the toolkits' files there")
     parser.add_argument("--calib", type=int, default=50, help="calibration crops (seed 1)")
     parser.add_argument("--images", type=int, default=200, help="evaluation crops (seed 0)")
     parser.add_argument("--configs", nargs="+", default=[f"{a}/{m}" for a, m in CONFIGS],
@@ -209,7 +210,8 @@ def main() -> None:
     if args.rknn_venv and not python.exists():
         sys.exit(f"no python in {args.rknn_venv}: install RKNN-Toolkit2 there first (../shared/oracles/README.md)")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         # the toolkit reads the float model with Pads folded (its own Pad fusion fails on read-only arrays)
         onnx.save(prepare(load_zoo_model("efficientnet_lite0")), work / "model.onnx")
         calib = [c.convert("RGB").resize((224, 224)) for c in random_crops(args.calib, seed=1)]

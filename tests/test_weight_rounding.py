@@ -185,3 +185,45 @@ def test_moments_count_only_outputs_the_activation_passes() -> None:
     windows = np.lib.stride_tricks.sliding_window_view(np.concatenate(xs)[:, 1], (2, 2), axis=(1, 2))
     patches = windows.reshape(-1, 4).astype(np.float64)      # all 3 x 3 positions of 6 images
     np.testing.assert_allclose(h[1], np.cov(patches.T, bias=True), rtol=1e-5, atol=1e-7)
+
+
+def test_per_channel_rounding_keeps_every_rows_range() -> None:
+    """On a per-channel grid a weight may not leave its own row's [min, max] (that would change the
+    row's scale); a per-tensor grid only keeps the tensor's."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(4, 12)) * np.array([[0.1], [1.0], [3.0], [0.5]])
+    h = np.eye(12)[None] + 0.9  # strongly correlated taps: many flips pay off
+    lo, hi = w.min(axis=1), w.max(axis=1)
+    scale = (hi - lo) / 255
+    zp = np.rint(-lo / scale) - 128
+    grid = WeightGrid(scale, zp.astype(np.int64), -128, 127, np.clip(np.rint(w / scale[:, None] + zp[:, None]), -128, 127))
+    q = choose_rounding(w, grid, h, per_channel=True)
+    moved = q != grid.nearest
+    written = np.where(moved, (q - zp[:, None]) * scale[:, None], w)  # what round_weights writes back
+    np.testing.assert_array_equal(written.min(axis=1), lo)
+    np.testing.assert_array_equal(written.max(axis=1), hi)
+    assert moved.any()
+
+
+@pytest.mark.parametrize("backend", ["ort", "rknn"])
+def test_adaptive_rounding_on_per_channel_backends(tiny_model, tiny_calibration, backend) -> None:
+    """rknn and ort round weights adaptively by default (best) and land on the chosen integers:
+    the integers differ from nearest rounding by at most one step, and some differ."""
+    common = dict(backend=backend, calibration=tiny_calibration, preprocess=PRE16, cache=False)
+
+    def conv_integers(qm) -> list[np.ndarray]:
+        if backend == "rknn":
+            return [n.arrays["w"].astype(np.int64) for n in qm.artifact.graph.nodes if n.op == "conv"]
+        qdq = onnx.load_from_string(qm.artifact.model_bytes)
+        inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+        dq = [n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+              and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim == 4]
+        return [inits[n.input[0]].astype(np.int64) for n in dq]
+
+    adaptive, nearest = unified.quantize(tiny_model, **common), unified.quantize(tiny_model, rounding="nearest", **common)
+    a, n = conv_integers(adaptive), conv_integers(nearest)
+    assert len(a) == len(n) >= 2
+    assert all(np.abs(x - y).max() <= 1 for x, y in zip(a, n))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, n))
+    with pytest.raises(unified.BackendError, match="rounding='adaptive' is unified's own addition"):
+        unified.quantize(tiny_model, profile="toolkit", rounding="adaptive", **common)

@@ -123,7 +123,7 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
         if calibration is None:
             raise CalibrationError(f"{scheme.name}: adaptive rounding needs calibration data")
         prepared = round_weights(prepared, calibration, lambda rows, node: weight_grid(scheme, options.weight_method, rows),
-                                 centered=options.bias_correction)
+                                 centered=options.bias_correction, per_channel=scheme.per_channel_weights)
     if options.bias_correction:
         if calibration is None:
             raise CalibrationError(f"{scheme.name}: bias correction needs calibration data")

@@ -62,20 +62,25 @@ def supported(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
             and a.get("auto_pad", "NOTSET") in ("NOTSET", ""))
 
 
-def choose_rounding(w: np.ndarray, grid: WeightGrid, h: np.ndarray, sweeps: int = 8) -> np.ndarray:
+def choose_rounding(w: np.ndarray, grid: WeightGrid, h: np.ndarray, sweeps: int = 8,
+                    per_channel: bool = False) -> np.ndarray:
     """Integer weights (rows, cols) on `grid`, each the floor or ceil of w/s + z, minimizing
     sum_rows e H e^T with e the dequantized error, by greedy coordinate descent from nearest.
 
     `h` is (groups, D, D) with rows split evenly over groups and cols == D (a depthwise conv has
-    one group per channel). Grid points outside the tensor's [min, max] and the extreme weights
-    themselves are never chosen anew, so the backend's range, scale and zero point stay the same.
+    one group per channel). Grid points outside the tensor's [min, max] (each row's, when the
+    backend quantizes `per_channel`) and the extreme weights themselves are never chosen anew, so
+    the backend's range, scale and zero point stay the same.
     """
     g, d = h.shape[0], h.shape[1]
     rows = w.shape[0]
     m = rows // g
     scale = grid.scale.reshape(rows, 1)
     zp = grid.zero_point.reshape(rows, 1)
-    lo, hi = w.min(), w.max()
+    if per_channel:
+        lo, hi = w.min(axis=1, keepdims=True), w.max(axis=1, keepdims=True)
+    else:
+        lo, hi = w.min(), w.max()
     base = np.floor(w / scale + zp)
     options = np.stack([base, base + 1])  # the two neighbouring grid points
     real = (options - zp) * scale
@@ -113,7 +118,7 @@ def choose_rounding(w: np.ndarray, grid: WeightGrid, h: np.ndarray, sweeps: int 
 
 
 def round_weights(model: onnx.ModelProto, calibration: CalibrationSet, grid_of: GridOf,
-                  centered: bool = True) -> onnx.ModelProto:
+                  centered: bool = True, per_channel: bool = False) -> onnx.ModelProto:
     """A copy of `model` whose Conv/Gemm weights are moved to output-aware grid points."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -130,7 +135,7 @@ def round_weights(model: onnx.ModelProto, calibration: CalibrationSet, grid_of: 
         h = moments.get(node.output[0])
         if h is None or rows.shape[1] != h.shape[1] or rows.shape[0] % h.shape[0]:
             continue  # a layout we did not sample as expected: leave nearest rounding
-        q = choose_rounding(rows, grid, h)
+        q = choose_rounding(rows, grid, h, per_channel=per_channel)
         moved = q != grid.nearest
         new_rows = np.where(moved, (q - grid.zero_point[:, None]) * grid.scale[:, None], rows)
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(

@@ -32,6 +32,7 @@ from unified.graph.float_stats import tensor_maxima
 from unified.graph.onnx_model import graph_inputs, output_channel_axis
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.bias_correction import correct_biases
+from unified.quant.weight_rounding import WeightGrid, round_weights
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -98,6 +99,18 @@ def internal_softmax_overrides(model: onnx.ModelProto, calibration: CalibrationS
             for name, hi in maxima.items()}
 
 
+def symmetric_int8_grid(qmax: int):
+    """ORT's per-channel weight grid (rows = output channels): scale max|w| / qmax, zero point 0,
+    round half to even; adaptive rounding moves weights onto it so `quantize_static`, which
+    recomputes the same scales, lands on the chosen integers."""
+    def grid(rows: np.ndarray, node: onnx.NodeProto) -> WeightGrid:
+        absmax = np.abs(rows).max(axis=1)
+        scale = np.where(absmax > 0, absmax / qmax, 1.0)
+        nearest = np.clip(np.rint(rows / scale[:, None]), -qmax, qmax)
+        return WeightGrid(scale, np.zeros(len(rows), np.int64), -qmax, qmax, nearest)
+    return grid
+
+
 def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, options: dict[str, Any]) -> bytes:
     profile = Profile.read("ort", options)
     method = _choice(options, "calibrate_method", CALIBRATION_METHODS, "minmax")
@@ -110,9 +123,15 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
     extra: dict[str, Any] = {"CalibTensorRangeSymmetric": False}
     if profile.addition("calibrated_softmax", best=True, toolkit=False):
         extra["TensorQuantOverrides"] = internal_softmax_overrides(model, calibration)
-    if per_channel and weight == QuantType.QInt8 and correct:
+    adaptive = profile.addition_choice("rounding", ("adaptive", "nearest"), best="adaptive", toolkit="nearest")
+    if per_channel and weight == QuantType.QInt8 and (correct or adaptive == "adaptive"):
         qmax = 64 if reduce_range else 127
-        model = correct_biases(model, calibration, lambda w, node: fake_quantize_symmetric_int8(w, node, qmax))
+        unrounded = model
+        if adaptive == "adaptive":
+            model = round_weights(model, calibration, symmetric_int8_grid(qmax), centered=correct, per_channel=True)
+        if correct:
+            model = correct_biases(model, calibration, lambda w, node: fake_quantize_symmetric_int8(w, node, qmax),
+                                   unrounded)
     with tempfile.TemporaryDirectory(prefix="unified-ort-") as tmp:
         src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
         onnx.save(model, str(src))

@@ -10,6 +10,9 @@ Options (RKNN's `config()` names where they exist, with the toolkit's meaning un
   mean_values, std_values   pixel-unit normalization folded into the int8 input
                             (default: the model's own preprocessing)
   bias_correction      addition, on under best: correct biases for weight rounding (Nagel et al. 2019)
+  rounding             "adaptive" (addition, default under best): each weight rounded up or down to
+                       keep its layer's output (AdaRound's objective) on RKNN's per-channel grid;
+                       "nearest": the toolkit's own rounding
   calibrated_softmax   addition, on under best: a Softmax inside the graph (attention) takes its
                        calibrated range instead of [0, 1]
   fuse_residual_add    a conv fused with the residual Add after it, as the real toolkit does (the
@@ -49,7 +52,7 @@ ALGORITHMS = {
     "mmse": ("mse", "mse"),
     "kl_divergence": ("kl_rknn", "minmax"),
 }
-KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
+KNOWN_OPTIONS = {"mode", "profile", "rounding", "calibrated_softmax", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
                  "bias_correction", "fuse_residual_add", "float_fallback", "strict"}
 
 
@@ -72,6 +75,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
                          bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
+                         adaptive_rounding=profile.addition_choice("rounding", ("adaptive", "nearest"), best="adaptive",
+                                                                   toolkit="nearest") == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))
