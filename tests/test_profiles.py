@@ -110,3 +110,33 @@ def test_a_sequence_input_is_calibrated_not_taken_for_pixels(attention) -> None:
     p = qm.input_quant
     lo, hi = (-128 - p.zero_point) * p.scale, (127 - p.zero_point) * p.scale
     assert lo < -3 and hi > 3, (lo, hi)
+
+
+def _activation_scales(qm) -> dict[str, float]:
+    qdq = onnx.load_from_string(qm.artifact.model_bytes)
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in qdq.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].size == 1}
+
+
+def test_ort_best_ranges_minimize_mse_unless_a_calibrate_method_is_given(tiny_model) -> None:
+    """Under best, every activation gets the range of unified's MSE estimator (pinned on the input,
+    whose histogram is the calibration data itself: Gaussian, where MSE clips the rare tails);
+    never wider than min-max; naming ORT's own calibrate_method keeps ORT's min-max ranges."""
+    from unified.quant.ranges import Histogram, mse as mse_range
+
+    rng = np.random.default_rng(7)
+    calibration = [rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(16)]
+    values = np.concatenate([c.reshape(-1) for c in calibration])
+    h = Histogram(min(float(values.min()), 0.0), max(float(values.max()), 0.0))
+    h.add(values)
+    lo, hi = mse_range(h, 256)
+    common = dict(backend="ort", calibration=calibration, cache=False)
+    mse = _activation_scales(unified.quantize(tiny_model, **common))
+    calibrated = _activation_scales(unified.quantize(tiny_model, activation_ranges="calibrated", **common))
+    named = _activation_scales(unified.quantize(tiny_model, calibrate_method="minmax", **common))
+    assert named == calibrated and set(mse) == set(calibrated)
+    assert mse["input"] == pytest.approx((hi - lo) / 255, rel=1e-6)
+    assert calibrated["input"] == pytest.approx((values.max() - values.min()) / 255, rel=1e-6)
+    assert mse["input"] < 0.99 * calibrated["input"]
+    assert all(mse[k] <= calibrated[k] * (1 + 1e-6) for k in mse)

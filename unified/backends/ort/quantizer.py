@@ -6,6 +6,12 @@ activations are barely faster (see benchmarks/ort_overhead.py), so uint8 is the 
 Dynamic quantization (`quantize_dynamic`, QUInt8 weights) is kept because the original tutorial
 used it; on CNNs it turns every Conv into ConvInteger with activations quantized at run time,
 which is slower than fp32 here and loses accuracy.
+
+Under `profile="best"` (the default) static quantization adds, before `quantize_static` writes
+the model: adaptive weight rounding onto ORT's own per-channel grid, bias correction, activation
+ranges that minimize each tensor's quantization MSE (passed as `TensorQuantOverrides`; an explicit
+`calibrate_method` keeps ORT's own), and calibrated ranges for internal Softmax outputs.
+`profile="toolkit"` is plain `quantize_static`.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from unified.graph.float_stats import tensor_maxima
 from unified.graph.onnx_model import graph_inputs, output_channel_axis
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.bias_correction import correct_biases
+from unified.quant.ranges import ESTIMATORS
 from unified.quant.weight_rounding import WeightGrid, round_weights
 
 CALIBRATION_METHODS = {
@@ -99,6 +106,29 @@ def internal_softmax_overrides(model: onnx.ModelProto, calibration: CalibrationS
             for name, hi in maxima.items()}
 
 
+def mse_range_overrides(model: onnx.ModelProto, calibration: CalibrationSet) -> dict[str, list[dict]]:
+    """`TensorQuantOverrides` giving every activation the range that minimizes its expected
+    squared quantization error (unified's `mse` estimator over a 2048-bin histogram) instead of
+    its min-max. A tensor read only by a Relu/Clip takes that activation's range, as ORT's own
+    range adjustment does."""
+    from unified.quant.calibrate import collect
+
+    stats = collect(model, calibration, "mse")
+    estimate = ESTIMATORS["mse"]
+    inits = {t.name for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    chosen = {name: estimate(h, 256) for name, h in stats.histograms.items() if name not in inits}
+    for name in list(chosen):
+        users = consumers.get(name, [])
+        if len(users) == 1 and users[0].op_type in ("Relu", "Clip") and users[0].output[0] in chosen:
+            chosen[name] = chosen[users[0].output[0]]
+    return {name: [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+            for name, (lo, hi) in chosen.items() if hi > lo}
+
+
 def symmetric_int8_grid(qmax: int):
     """ORT's per-channel weight grid (rows = output channels): scale max|w| / qmax, zero point 0,
     round half to even; adaptive rounding moves weights onto it so `quantize_static`, which
@@ -124,6 +154,9 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
     if profile.addition("calibrated_softmax", best=True, toolkit=False):
         extra["TensorQuantOverrides"] = internal_softmax_overrides(model, calibration)
     adaptive = profile.addition_choice("rounding", ("adaptive", "nearest"), best="adaptive", toolkit="nearest")
+    # an explicit calibrate_method keeps ORT's meaning: its ranges, not unified's MSE ones
+    ranges = profile.addition_choice("activation_ranges", ("calibrated", "mse"),
+                                     best="calibrated" if "calibrate_method" in options else "mse", toolkit="calibrated")
     if per_channel and weight == QuantType.QInt8 and (correct or adaptive == "adaptive"):
         qmax = 64 if reduce_range else 127
         unrounded = model
@@ -136,6 +169,9 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
         src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
         onnx.save(model, str(src))
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        if ranges == "mse":
+            extra["TensorQuantOverrides"] = {**mse_range_overrides(onnx.load(str(pre)), calibration),
+                                             **extra.get("TensorQuantOverrides", {})}
         quantize_static(
             str(pre), str(out), _Reader(graph_inputs(model)[0].name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
