@@ -5,6 +5,9 @@ Options (Tengine's own keep Tengine's meaning under both profiles):
                    "toolkit": quant_tool_uint8 as it is; the additions below default off and
                    cannot be switched on
   algorithm        "minmax" (default) | "kl" | "aciq"  (quant_tool_uint8's -a 0 / 1 / 2)
+  activation_ranges  "mse" (addition, default under best unless `algorithm` is given): each
+                   activation's range minimizes its expected quantization MSE; "calibrated": the
+                   algorithm's ranges
   mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
   bias_correction  addition, on under best: correct biases for weight rounding from fp32 channel means
   equalization     addition, off by default: cross-layer equalization where it keeps the float model exact
@@ -45,7 +48,7 @@ NAME = "tengine"
 #: quant_tool_uint8's algorithms, as its source computes them (`quant/tengine_ranges.py`)
 ALGORITHMS = {"minmax": "minmax", "kl": "kl_tengine", "aciq": "aciq_tengine"}
 ROUNDINGS = ("adaptive", "nearest")
-KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
+KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
                  "float_fallback", "strict"}
 
 
@@ -75,7 +78,10 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     rounding = profile.addition_choice("rounding", ROUNDINGS, best="adaptive", toolkit="nearest")
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
-    build = BuildOptions(range_method=ALGORITHMS[algorithm], weight_method="minmax",
+    # an explicit algorithm keeps Tengine's meaning; otherwise best calibrates with MSE ranges
+    ranges = profile.addition_choice("activation_ranges", ("calibrated", "mse"),
+                                     best="calibrated" if "algorithm" in options else "mse", toolkit="calibrated")
+    build = BuildOptions(range_method="mse" if ranges == "mse" else ALGORITHMS[algorithm], weight_method="minmax",
                          bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
                          equalization=profile.addition("equalization", best=False, toolkit=False),
                          adaptive_rounding=rounding == "adaptive",
@@ -88,7 +94,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     extra: dict[str, Any] = {"preprocess": pre.to_json(), "profile": profile.name, "algorithm": algorithm,
-                             "rounding": rounding}
+                             "activation_ranges": ranges, "rounding": rounding}
     # Tengine's runtime pads with the raw byte 0 whatever the zero point (toolkit); best folds zero
     # pads into the convs, which pad with the true zero
     scheme = TengineScheme(symmetric=algorithm == "aciq", raw_pads=profile.toolkit)
