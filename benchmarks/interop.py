@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("UNIFIED_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
