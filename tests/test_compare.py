@@ -71,8 +71,9 @@ def test_cli_compare_on_defaults_writes_json_and_png(tmp_path) -> None:
 @pytest.mark.lite0
 def test_per_layer_analysis_names_where_layer_weights_lose(eval_batch) -> None:
     report = unified.compare("efficientnet_lite0", eval_batch[:16], layer_images=4, backends=[
-        ("rknn", {"quantized_algorithm": "normal", "bias_correction": False}, "rknn-channel"),
-        ("rknn", {"quantized_algorithm": "normal", "bias_correction": False, "quantized_method": "layer"}, "rknn-layer")])
+        ("rknn", {"quantized_algorithm": "normal", "bias_correction": False, "rounding": "nearest"}, "rknn-channel"),
+        ("rknn", {"quantized_algorithm": "normal", "bias_correction": False, "rounding": "nearest",
+                  "quantized_method": "layer"}, "rknn-layer")])
     channel, layer = report.backends
     gaps = sorted(((c.single_sqnr_db - l.single_sqnr_db, c.tensor, c.single_sqnr_db, l.single_sqnr_db)
                    for c, l in zip(channel.layers, layer.layers)), reverse=True)

@@ -28,13 +28,15 @@ def test_chelsea_is_a_cat_in_fp32_and_static_int8(lite0) -> None:
     assert [p for _, _, p in fp32.top5] != [p for _, _, p in int8.top5]
 
 
-def test_static_int8_keeps_fp32_decisions(lite0, eval_batch, calib_crops, lite0_fp32_logits) -> None:
-    qm = unified.quantize(lite0, backend="ort", calibration=calib_crops)
+def test_static_int8_keeps_fp32_decisions(eval_batch, lite0_fp32_logits) -> None:
+    # the default calibration (100 crops, seed 1): the same build `unified compare` made, from the cache
+    qm = unified.quantize("efficientnet_lite0", backend="ort")
     agree = float((run_chunked(qm, eval_batch).argmax(1) == lite0_fp32_logits.argmax(1)).mean())
-    print(f"\nort static int8 (bias-corrected) keeps {agree:.1%} of fp32 top-1 on {len(eval_batch)} crops")
-    # Measured: 91% on a CPU with VNNI; without VNNI, ORT's uint8 x int8 kernels saturate int16
-    # pair sums (57.5% with 8-bit weights), so the backend turns on reduce_range: 84%.
-    assert agree >= (0.90 if cpu_has_vnni() else 0.80)
+    print(f"\nort static int8 (best profile) keeps {agree:.1%} of fp32 top-1 on {len(eval_batch)} crops")
+    # Measured: 95% on a CPU with VNNI (plain quantize_static: 83%); without VNNI, ORT's uint8 x
+    # int8 kernels saturate int16 pair sums, so the backend turns on reduce_range (84% before the
+    # best profile's rounding and MSE ranges).
+    assert agree >= (0.93 if cpu_has_vnni() else 0.80)
 
 
 def test_reduce_range_gives_7_bit_weights(lite0, calib_crops) -> None:
