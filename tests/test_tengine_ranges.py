@@ -87,7 +87,6 @@ def test_kl_range_clips_each_side_and_stays_asymmetric() -> None:
 
 def _pad_conv_relu6_model():
     """input -> Pad (bottom/right, TF 'same') -> Conv 3x3 -> Clip(0, 6): Lite0's stem in small."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
