@@ -112,11 +112,6 @@ def toolkit_scales(table: str) -> dict[str, float]:
     return scales
 
 
-def read_scale_table(path: Path) -> dict[str, tuple[float, int]]:
-    rows = (line.split() for line in path.read_text().splitlines())
-    return {r[0]: (float(r[1]), int(r[2])) for r in rows if len(r) == 3}
-
-
 def tengine_names(model) -> dict[str, str]:
     """Tengine's tensor name -> unified's: a Conv fused with its Clip/Relu keeps the Conv's name."""
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -138,6 +133,7 @@ def run_tengine(build: Path, work: Path, model, cal: list, calib_dir: Path, x: n
                 algorithms: list[str]) -> None:
     import unified
     from unified.backends.tengine.plugin import write_scale_file
+    from unified.engine.scale_table import read_scale_table
 
     source = build.parent
     header = source / "source" / "api" / "c_api.h"

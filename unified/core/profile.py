@@ -52,6 +52,16 @@ class Profile:
             self._refuse(key, value, toolkit)
         return value
 
+    def rounding(self) -> str:
+        """Weight rounding: "adaptive" (unified's, best) or "nearest" (every toolkit's own)."""
+        return self.addition_choice("rounding", ("adaptive", "nearest"), best="adaptive", toolkit="nearest")
+
+    def activation_ranges(self, toolkit_option: str) -> str:
+        """"mse" (best) or "calibrated"; naming the toolkit's own range option (`toolkit_option`,
+        e.g. ORT's calibrate_method) keeps the toolkit's ranges, so that option keeps its meaning."""
+        best = "calibrated" if toolkit_option in self.options else "mse"
+        return self.addition_choice("activation_ranges", ("calibrated", "mse"), best=best, toolkit="calibrated")
+
     def toolkit_choice(self, key: str, allowed: Iterable[str], best: str, toolkit: str,
                        reproduced: Iterable[str]) -> str:
         """One of the toolkit's own options: the same names under both profiles; under "toolkit"

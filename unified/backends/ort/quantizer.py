@@ -153,10 +153,8 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
     extra: dict[str, Any] = {"CalibTensorRangeSymmetric": False}
     if profile.addition("calibrated_softmax", best=True, toolkit=False):
         extra["TensorQuantOverrides"] = internal_softmax_overrides(model, calibration)
-    adaptive = profile.addition_choice("rounding", ("adaptive", "nearest"), best="adaptive", toolkit="nearest")
-    # an explicit calibrate_method keeps ORT's meaning: its ranges, not unified's MSE ones
-    ranges = profile.addition_choice("activation_ranges", ("calibrated", "mse"),
-                                     best="calibrated" if "calibrate_method" in options else "mse", toolkit="calibrated")
+    adaptive = profile.rounding()
+    ranges = profile.activation_ranges("calibrate_method")
     if per_channel and weight == QuantType.QInt8 and (correct or adaptive == "adaptive"):
         qmax = 64 if reduce_range else 127
         unrounded = model

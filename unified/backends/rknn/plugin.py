@@ -75,8 +75,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
                          bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
-                         adaptive_rounding=profile.addition_choice("rounding", ("adaptive", "nearest"), best="adaptive",
-                                                                   toolkit="nearest") == "adaptive",
+                         adaptive_rounding=profile.rounding() == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False))

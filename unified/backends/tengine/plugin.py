@@ -47,17 +47,19 @@ from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_g
 NAME = "tengine"
 #: quant_tool_uint8's algorithms, as its source computes them (`quant/tengine_ranges.py`)
 ALGORITHMS = {"minmax": "minmax", "kl": "kl_tengine", "aciq": "aciq_tengine"}
-ROUNDINGS = ("adaptive", "nearest")
 KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
                  "float_fallback", "strict"}
 
 
 def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
     """A scale file replaces calibration, unless a weight option needs fp32 statistics."""
-    best = str(options.get("profile", "best")).lower() != "toolkit"
-    weights_need_data = (option_bool(NAME, options, "bias_correction", best)
-                         or str(options.get("rounding", "adaptive" if best else "nearest")).lower() == "adaptive")
+    profile = Profile.read(NAME, options)
+    weights_need_data = _bias_correction(profile) or profile.rounding() == "adaptive"
     return not (options.get("scale_file") and not weights_need_data)
+
+
+def _bias_correction(profile: Profile) -> bool:
+    return profile.addition("bias_correction", best=True, toolkit=False)
 
 
 @hookimpl
@@ -75,14 +77,12 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     reject_unknown_options(NAME, options, KNOWN_OPTIONS)  # routing sends only our own name here
     profile = Profile.read(NAME, options)
     algorithm = option_choice(NAME, options, "algorithm", ALGORITHMS, "minmax")
-    rounding = profile.addition_choice("rounding", ROUNDINGS, best="adaptive", toolkit="nearest")
+    rounding = profile.rounding()
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
-    # an explicit algorithm keeps Tengine's meaning; otherwise best calibrates with MSE ranges
-    ranges = profile.addition_choice("activation_ranges", ("calibrated", "mse"),
-                                     best="calibrated" if "algorithm" in options else "mse", toolkit="calibrated")
+    ranges = profile.activation_ranges("algorithm")
     build = BuildOptions(range_method="mse" if ranges == "mse" else ALGORITHMS[algorithm], weight_method="minmax",
-                         bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
+                         bias_correction=_bias_correction(profile),
                          equalization=profile.addition("equalization", best=False, toolkit=False),
                          adaptive_rounding=rounding == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
