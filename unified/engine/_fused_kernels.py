@@ -69,3 +69,16 @@ def requant_int(acc, bias, mult, k, zo, lo, hi, policy, out):  # pragma: no cove
                 v = mbqm(np.int64(acc[o, c, i]) + b, m, kc, policy) + zo
                 v = clamp(v, lo, hi)
                 out[o, c, i] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def subtract_scaled_plane(acc, plane, coef):  # pragma: no cover - compiled
+    """acc[o, c, :] -= coef[c] * plane[o, :] for the channels whose coef is not 0 (int32, exact)."""
+    outer, channels, inner = acc.shape
+    for o in range(outer):
+        for c in range(channels):
+            k = coef[c]
+            if k == 0:
+                continue
+            for i in range(inner):
+                acc[o, c, i] -= k * plane[o, i]

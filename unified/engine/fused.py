@@ -111,3 +111,12 @@ def requant_f64(acc: np.ndarray, real: np.ndarray, bias_real: np.ndarray | None,
     bias = np.zeros(channels) if bias_real is None else np.ascontiguousarray(bias_real, dtype=np.float64).reshape(-1)
     kernel(acc3, real, bias, bias_real is not None, float(zo), float(lo), float(hi), POLICIES[policy], out)
     return out.reshape(shape)
+
+
+def subtract_scaled_plane(acc: np.ndarray, plane: np.ndarray, coef: np.ndarray) -> bool:
+    """acc[:, c] -= coef[c] * plane in place (int32 views of one accumulator); False without numba."""
+    k = _kernels()
+    if k is None:
+        return False
+    k.subtract_scaled_plane(acc, plane, coef)
+    return True

@@ -44,13 +44,19 @@ class Interpreter:
             graph = replace(graph, nodes=[replace(n, attrs={**n.attrs, "requant_f64": False, "reference": True})
                                           for n in graph.nodes])
         else:
-            from unified.engine.ort_accumulate import conv_accumulator_session, split_conv_accumulator_session
+            from unified.engine.ort_accumulate import (
+                conv_accumulator_session, integer_conv_accumulator, split_conv_accumulator_session)
 
             convs = ("conv", "conv_add")
-            accelerators.update({node.name: conv_accumulator_session(node, graph.dtype)
-                                 for node in graph.nodes if node.op in convs and node.attrs.get("exact") == "float32"})
             for node in graph.nodes:
-                if node.op in convs and node.attrs.get("exact") == "float64":
+                if node.op not in convs:
+                    continue
+                integer = integer_conv_accumulator(node, graph.dtype, graph.qmin, graph.qmax)
+                if integer is not None:
+                    accelerators[node.name] = integer
+                elif node.attrs.get("exact") == "float32":
+                    accelerators[node.name] = conv_accumulator_session(node, graph.dtype)
+                elif node.attrs.get("exact") == "float64":
                     session = split_conv_accumulator_session(node, graph.dtype, graph.qmin, graph.qmax)
                     if session is not None:
                         accelerators[node.name] = session

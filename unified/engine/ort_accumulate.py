@@ -1,4 +1,13 @@
-"""Conv accumulation on ONNX Runtime's float kernels, exact by construction.
+"""Conv accumulation on ONNX Runtime's kernels, exact by construction.
+
+Dense convs (group 1) run as ORT's `ConvInteger` on uint8 input and uint8 weights: its U8U8 GEMM
+widens both to 16 bits before multiplying, so every product and int32 sum is exact on AVX2 and
+VNNI alike (the U8S8 path is avoided: without VNNI it saturates pairs of products in 16 bits). An
+int8 input becomes uint8 by flipping its sign bit (x + 128, zero point + 128); weights take a zero point
+per output channel that maps each row into [0, 255]. Measured on EfficientNet-Lite0's 32 pointwise
+convs: about 1.6x faster than the float32 path below, which stays for depthwise convs (ORT's
+ConvInteger has no fast grouped kernel) and for weights that span more than 255 steps.
+
 
 For a conv whose lowering proved every partial sum an integer below 2^24 (`exact == "float32"`),
 ORT's float32 Conv on the zero-point-shifted integer input and weights computes the very same
@@ -16,6 +25,81 @@ from unified.engine.integer_graph import IntNode
 from unified.graph.ort_session import make_session
 
 _ELEM = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
+
+
+INT32_EXACT = 2**31
+
+
+class IntegerConvAccumulator:
+    """Dense conv -> exact int32 accumulator (without bias), on ORT's `ConvInteger` (U8U8).
+
+    ORT takes one weight zero point per tensor, while RKNN's weights have one per channel. Row c is
+    therefore stored as w_c + zw + d_c (d_c moves the row into [0, 255]) and the session computes
+    one more output channel whose weights are all zw + 1: the box sum S of the shifted input over
+    each receptive field. Then acc_c = out_c - d_c * S, exactly, in int32."""
+
+    def __init__(self, session: ort.InferenceSession, flip_sign: bool, offsets: np.ndarray | None) -> None:
+        self.session = session
+        self.flip_sign = flip_sign
+        self.offsets = offsets
+
+    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The `InferenceSession.run` signature, so the kernels treat every accumulator alike."""
+        x = feeds["x"]
+        if self.flip_sign:  # int8 -> uint8 + 128, one pass over the bytes
+            x = np.bitwise_xor(np.ascontiguousarray(x).view(np.uint8), np.uint8(0x80))
+        out = self.session.run(None, {"x": x})[0]
+        if self.offsets is None:
+            return [out]
+        n, c = out.shape[0], out.shape[1] - 1
+        flat = out.reshape(n, c + 1, -1)
+        acc, box = flat[:, :c], flat[:, c]
+        from unified.engine import fused
+
+        if not fused.subtract_scaled_plane(acc, box, self.offsets):
+            acc -= self.offsets.reshape(1, -1, 1).astype(np.int32) * box[:, None, :]
+        return [acc.reshape((n, c) + out.shape[2:])]
+
+
+def integer_conv_accumulator(node: IntNode, dtype: str, qmin: int, qmax: int,
+                             threads: int | None = None) -> IntegerConvAccumulator | None:
+    """The `ConvInteger` accumulator of a dense conv, or None when it cannot be exact: grouped
+    convs, a weight row spanning more than 255 steps, or a sum that may pass 2^31."""
+    a = node.attrs
+    w = node.arrays["w"].astype(np.int64)
+    if a["group"] != 1 or w.ndim != 4 or len(a["pads"]) != 4:
+        return None
+    rows = w.reshape(w.shape[0], -1)
+    lo, hi = rows.min(axis=1), rows.max(axis=1)
+    if np.any(hi - lo > 255):
+        return None
+    xmax = max(qmax - a["zx"], a["zx"] - qmin)
+    # the box-sum channel and the corrected rows must stay inside int32 too
+    bound = (int(np.abs(rows).sum(axis=1).max()) + 256 * rows.shape[1]) * xmax
+    if bound >= INT32_EXACT:
+        return None
+    flip = dtype == "int8"
+    zx = a["zx"] + 128 if flip else a["zx"]
+    if not 0 <= zx <= 255:
+        return None
+    zw = 128 if np.all((lo >= -128) & (hi <= 127)) else int(np.clip(-lo.min(), 0, 254))
+    offsets = np.clip(zw + lo, None, 0) * -1 + np.clip(zw + hi - 255, 0, None) * -1  # d_c: row into [0, 255]
+    w_u8 = w + zw + offsets.reshape(-1, 1, 1, 1)
+    if np.any(offsets):
+        w_u8 = np.concatenate([w_u8, np.full((1,) + w.shape[1:], zw + 1, np.int64)])
+    inits = [numpy_helper.from_array(w_u8.astype(np.uint8), "w"),
+             numpy_helper.from_array(np.array(zx, np.uint8), "zx"),
+             numpy_helper.from_array(np.array(zw, np.uint8), "zw")]
+    graph = helper.make_graph(
+        [helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["acc"], strides=a["strides"], pads=a["pads"],
+                          dilations=a["dilations"], group=1, kernel_shape=a["kernel"])],
+        "conv_integer",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", w.shape[1], "H", "W"])],
+        [helper.make_tensor_value_info("acc", TensorProto.INT32, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = make_session(model.SerializeToString(), threads, shared_arena=True)
+    return IntegerConvAccumulator(session, flip, offsets.astype(np.int64) if np.any(offsets) else None)
 
 
 def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = None) -> ort.InferenceSession:
