@@ -10,15 +10,25 @@ def clamp(v, lo, hi):  # pragma: no cover - compiled
     return lo if v < lo else (hi if v > hi else v)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def corrected(acc, o, c, i, coef, use_box):  # pragma: no cover - compiled
+    """acc[o, c, i], minus coef[c] times the box-sum channel (the last one) when use_box: the
+    ConvInteger accumulator with per-channel weight zero points (ort_accumulate), exact in int64."""
+    if use_box:
+        return np.int64(acc[o, c, i]) - coef[c] * np.int64(acc[o, acc.shape[1] - 1, i])
+    return acc[o, c, i]
+
+
 @numba.njit(nogil=True, cache=True)
-def requant_f64(acc, real, bias_real, use_bias, zo, lo, hi, policy, out):  # pragma: no cover - compiled
-    outer, channels, inner = acc.shape
+def requant_f64(acc, real, bias_real, use_bias, zo, lo, hi, policy, coef, use_box, out):  # pragma: no cover
+    outer, inner = acc.shape[0], acc.shape[2]
+    channels = real.shape[0]
     for o in range(outer):
         for c in range(channels):
             r = real[c]
             b = bias_real[c]
             for i in range(inner):
-                v = np.float64(acc[o, c, i]) * r
+                v = np.float64(corrected(acc, o, c, i, coef, use_box)) * r
                 if use_bias:
                     v = v + b
                 if policy == 0:
@@ -58,27 +68,15 @@ def add(x1, x2, z1, z2, left, m1, k1, m2, k2, mo, ko, zo, lo, hi, policy, out): 
 
 
 @numba.njit(nogil=True, cache=True)
-def requant_int(acc, bias, mult, k, zo, lo, hi, policy, out):  # pragma: no cover - compiled
-    outer, channels, inner = acc.shape
+def requant_int(acc, bias, mult, k, zo, lo, hi, policy, coef, use_box, out):  # pragma: no cover - compiled
+    outer, inner = acc.shape[0], acc.shape[2]
+    channels = mult.shape[0]
     for o in range(outer):
         for c in range(channels):
             m = mult[c]
             kc = k[c]
             b = bias[c]
             for i in range(inner):
-                v = mbqm(np.int64(acc[o, c, i]) + b, m, kc, policy) + zo
+                v = mbqm(np.int64(corrected(acc, o, c, i, coef, use_box)) + b, m, kc, policy) + zo
                 v = clamp(v, lo, hi)
                 out[o, c, i] = v
-
-
-@numba.njit(nogil=True, cache=True)
-def subtract_scaled_plane(acc, plane, coef):  # pragma: no cover - compiled
-    """acc[o, c, :] -= coef[c] * plane[o, :] for the channels whose coef is not 0 (int32, exact)."""
-    outer, channels, inner = acc.shape
-    for o in range(outer):
-        for c in range(channels):
-            k = coef[c]
-            if k == 0:
-                continue
-            for i in range(inner):
-                acc[o, c, i] -= k * plane[o, i]

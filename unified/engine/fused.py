@@ -64,17 +64,32 @@ def _int_kernel() -> Callable[..., None] | None:
     return None if k is None else k.requant_int
 
 
+def _layout(acc: np.ndarray, channel_axis: int, box_offsets: np.ndarray | None
+            ) -> tuple[np.ndarray, int, tuple[int, ...], np.ndarray, bool]:
+    """(acc as contiguous (outer, channels[+1], inner), output channels, output shape, offsets, use_box).
+
+    With `box_offsets` the accumulator's last channel is the box sum of `ort_accumulate`'s
+    ConvInteger and channel c is read as acc_c - offsets[c] * box."""
+    shape = acc.shape
+    outer = int(np.prod(shape[:channel_axis], dtype=np.int64))
+    inner = int(np.prod(shape[channel_axis + 1:], dtype=np.int64))
+    acc3 = np.ascontiguousarray(acc).reshape(outer, shape[channel_axis], inner)
+    channels = shape[channel_axis] - (box_offsets is not None)
+    out_shape = shape[:channel_axis] + (channels,) + shape[channel_axis + 1:]
+    offsets = np.zeros(1, np.int64) if box_offsets is None else np.ascontiguousarray(box_offsets, dtype=np.int64)
+    return acc3, channels, out_shape, offsets, box_offsets is not None
+
+
 def requant_int(acc: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shift: np.ndarray, zo: int, lo: int,
-                hi: int, policy: str, dtype: Any, channel_axis: int) -> np.ndarray | None:
-    """`fixed_point.requantize` of an exact integer accumulator (int64, or integer-valued float32)
-    plus an optional per-channel bias, with zero point and clamp, in one pass; None without numba."""
+                hi: int, policy: str, dtype: Any, channel_axis: int,
+                box_offsets: np.ndarray | None = None) -> np.ndarray | None:
+    """`fixed_point.requantize` of an exact integer accumulator (int64, int32, or integer-valued
+    float32) plus an optional per-channel bias, with zero point and clamp, in one pass; None
+    without numba. `box_offsets`: see `_layout`."""
     kernel = _int_kernel()
     if kernel is None:
         return None
-    shape = acc.shape
-    channels = shape[channel_axis]
-    outer = int(np.prod(shape[:channel_axis], dtype=np.int64))
-    inner = int(np.prod(shape[channel_axis + 1:], dtype=np.int64))
+    acc3, channels, out_shape, offsets, use_box = _layout(acc, channel_axis, box_offsets)
 
     def per_channel(values: np.ndarray | None, default: int) -> np.ndarray:
         if values is None:
@@ -82,10 +97,10 @@ def requant_int(acc: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shif
         values = np.asarray(values, dtype=np.int64).reshape(-1)
         return np.full(channels, values[0], dtype=np.int64) if values.size == 1 else np.ascontiguousarray(values)
 
-    out = np.empty((outer, channels, inner), dtype=dtype)
-    kernel(np.ascontiguousarray(acc).reshape(outer, channels, inner), per_channel(bias, 0), per_channel(mult, 0),
-           31 - per_channel(shift, 0), int(zo), int(lo), int(hi), POLICIES[policy], out)
-    return out.reshape(shape)
+    out = np.empty((acc3.shape[0], channels, acc3.shape[2]), dtype=dtype)
+    kernel(acc3, per_channel(bias, 0), per_channel(mult, 0), 31 - per_channel(shift, 0), int(zo), int(lo), int(hi),
+           POLICIES[policy], offsets, use_box, out)
+    return out.reshape(out_shape)
 
 
 def available() -> bool:
@@ -93,30 +108,18 @@ def available() -> bool:
 
 
 def requant_f64(acc: np.ndarray, real: np.ndarray, bias_real: np.ndarray | None, zo: int, lo: int, hi: int,
-                policy: str, dtype: Any, channel_axis: int) -> np.ndarray | None:
+                policy: str, dtype: Any, channel_axis: int, box_offsets: np.ndarray | None = None) -> np.ndarray | None:
     """The fused requantization of `acc` (per-channel `real` multipliers along `channel_axis`), or
-    None when numba is not there (the caller then runs numpy)."""
+    None when numba is not there (the caller then runs numpy). `box_offsets`: see `_layout`."""
     kernel = _kernel()
     if kernel is None:
         return None
-    shape = acc.shape
-    outer = int(np.prod(shape[:channel_axis], dtype=np.int64))
-    inner = int(np.prod(shape[channel_axis + 1:], dtype=np.int64))
-    channels = shape[channel_axis]
-    acc3 = np.ascontiguousarray(acc).reshape(outer, channels, inner)
-    out = np.empty((outer, channels, inner), dtype=dtype)
+    acc3, channels, out_shape, offsets, use_box = _layout(acc, channel_axis, box_offsets)
+    out = np.empty((acc3.shape[0], channels, acc3.shape[2]), dtype=dtype)
     real = np.ascontiguousarray(real, dtype=np.float64).reshape(-1)
     if real.size == 1 and channels != 1:
         real = np.full(channels, real[0])
     bias = np.zeros(channels) if bias_real is None else np.ascontiguousarray(bias_real, dtype=np.float64).reshape(-1)
-    kernel(acc3, real, bias, bias_real is not None, float(zo), float(lo), float(hi), POLICIES[policy], out)
-    return out.reshape(shape)
-
-
-def subtract_scaled_plane(acc: np.ndarray, plane: np.ndarray, coef: np.ndarray) -> bool:
-    """acc[:, c] -= coef[c] * plane in place (int32 views of one accumulator); False without numba."""
-    k = _kernels()
-    if k is None:
-        return False
-    k.subtract_scaled_plane(acc, plane, coef)
-    return True
+    kernel(acc3, real, bias, bias_real is not None, float(zo), float(lo), float(hi), POLICIES[policy], offsets,
+           use_box, out)
+    return out.reshape(out_shape)

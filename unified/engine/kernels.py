@@ -45,7 +45,8 @@ def _round_in_place(v: np.ndarray, policy: str) -> None:
         np.trunc(v, out=v)
 
 
-def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int, add_bias: bool) -> np.ndarray:
+def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int, add_bias: bool,
+                 box_offsets: np.ndarray | None = None) -> np.ndarray:
     """The same integer result as `requantize`, carried in float64 where lowering proved it exact.
 
     With |acc| * m < 2^53 for every channel, acc * (m * 2^-k) is the exact rational a*m/2^k (m is
@@ -59,7 +60,7 @@ def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: 
     real = (node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)).reshape(shape)
     bias_real = node.arrays["bias"].astype(np.float64).reshape(shape) * real if add_bias else None
     out = fused.requant_f64(acc, real, bias_real, node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"],
-                            g.rounding.value, g.dtype, channel_axis)
+                            g.rounding.value, g.dtype, channel_axis, box_offsets)
     if out is not None:
         return out
     v = np.multiply(acc, real, dtype=np.float64)
@@ -105,15 +106,19 @@ def _requant(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int)
 def conv(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     accelerated = g.accelerators.get(node.name)
     if accelerated is not None:
-        acc = accelerated.run(None, {"x": inputs[0]})[0]
+        box_offsets = getattr(accelerated, "offsets", None)
+        if tap is None and box_offsets is not None and fused.available():
+            acc = accelerated.raw(inputs[0])  # the fused requantization applies the box-sum correction
+        else:
+            acc, box_offsets = accelerated.run(None, {"x": inputs[0]})[0], None
         if node.attrs.get("requant_f64"):
             if tap is not None:
                 tap(node.name, "accumulator", _with_bias(acc, node, (1, -1, 1, 1)))
-            return [_requant_f64(acc, node, g, 1, add_bias=True)]
+            return [_requant_f64(acc, node, g, 1, add_bias=True, box_offsets=box_offsets)]
         if tap is None and not node.attrs.get("reference"):
             out = fused.requant_int(acc, node.arrays["bias"], node.arrays["mult"], node.arrays["shift"],
                                     node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"],
-                                    g.rounding.value, g.dtype, 1)
+                                    g.rounding.value, g.dtype, 1, box_offsets)
             if out is not None:
                 return [out]
         acc = _with_bias(acc, node, (1, -1, 1, 1))

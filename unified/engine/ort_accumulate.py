@@ -43,22 +43,20 @@ class IntegerConvAccumulator:
         self.flip_sign = flip_sign
         self.offsets = offsets
 
-    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The `InferenceSession.run` signature, so the kernels treat every accumulator alike."""
-        x = feeds["x"]
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """ORT's output as it comes: with `offsets`, one more channel (the box sum) and rows not yet
+        corrected; the fused requantization reads it this way and corrects as it goes."""
         if self.flip_sign:  # int8 -> uint8 + 128, one pass over the bytes
             x = np.bitwise_xor(np.ascontiguousarray(x).view(np.uint8), np.uint8(0x80))
-        out = self.session.run(None, {"x": x})[0]
+        return self.session.run(None, {"x": x})[0]
+
+    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The exact accumulator, with the `InferenceSession.run` signature the kernels call."""
+        out = self.raw(feeds["x"])
         if self.offsets is None:
             return [out]
-        n, c = out.shape[0], out.shape[1] - 1
-        flat = out.reshape(n, c + 1, -1)
-        acc, box = flat[:, :c], flat[:, c]
-        from unified.engine import fused
-
-        if not fused.subtract_scaled_plane(acc, box, self.offsets):
-            acc -= self.offsets.reshape(1, -1, 1).astype(np.int32) * box[:, None, :]
-        return [acc.reshape((n, c) + out.shape[2:])]
+        box = out[:, -1:]
+        return [out[:, :-1] - self.offsets.reshape((1, -1) + (1,) * (out.ndim - 2)).astype(np.int32) * box]
 
 
 def integer_conv_accumulator(node: IntNode, dtype: str, qmin: int, qmax: int,
