@@ -58,7 +58,14 @@ def run_tapped(
 
 
 def channel_means(model: onnx.ModelProto, names: list[str], calibration: CalibrationSet) -> dict[str, np.ndarray]:
-    """Mean of each tensor per channel (axis 1), over batch and spatial positions."""
+    """Mean of each tensor per channel (axis 1), over batch and spatial positions (memoized per
+    process, `float_memo`: bias correction asks for the same means in every backend's build)."""
+    from unified.graph.float_memo import memoized
+
+    return memoized("channel_means", model, calibration, tuple(names), lambda: _channel_means(model, names, calibration))
+
+
+def _channel_means(model: onnx.ModelProto, names: list[str], calibration: CalibrationSet) -> dict[str, np.ndarray]:
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 

@@ -103,7 +103,17 @@ def _moment_bytes(node: onnx.NodeProto, dims: dict[str, tuple[int, ...]]) -> int
 def input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibration: CalibrationSet,
                   centered: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """Per layer (keyed by its output), the second moment of its fp32 input patches (see
-    `_input_moments`), over as many passes as `MOMENT_BUDGET_BYTES` needs."""
+    `_input_moments`), over as many passes as `MOMENT_BUDGET_BYTES` needs. Memoized per process
+    (`float_memo`): the rknn and tengine builds of one model sample the same moments."""
+    from unified.graph.float_memo import memoized
+
+    arguments = ([node.output[0] for node in layers], centered, seed, MOMENT_BUDGET_BYTES)
+    return memoized("input_moments", model, calibration, arguments,
+                    lambda: _grouped_moments(model, layers, calibration, centered, seed))
+
+
+def _grouped_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibration: CalibrationSet,
+                     centered: bool, seed: int) -> dict[str, np.ndarray]:
     dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
     groups: list[list[onnx.NodeProto]] = [[]]
     used = 0
@@ -168,20 +178,24 @@ def _input_moments(model: onnx.ModelProto, layers: list[onnx.NodeProto], calibra
                 if xs.shape[3] * len(calibration) < MIN_SAMPLES_PER_INPUT * xs.shape[2]:
                     skipped.add(key)  # too few samples over the whole set: not worth accumulating
                     continue
-                # xs: (N, g, D, P) float32; products per image (batched BLAS), float64 across batches
-                firsts[key] = firsts.get(key, 0) + xs.sum(axis=(0, 3), dtype=np.float64)
-                counts[key] = counts.get(key, 0) + xs.shape[0] * xs.shape[3]
+                # xs: (N, g, D, P) -> (g, D, N*P): one float32 GEMM per layer and batch (the images
+                # of a batch summed inside BLAS, not by a float64 reduction over N), float64 across batches
+                n, g, d, p = xs.shape
+                xt = np.ascontiguousarray(xs.transpose(1, 2, 0, 3)).reshape(g, d, n * p)
+                firsts[key] = firsts.get(key, 0) + xt.sum(axis=2, dtype=np.float64)
+                counts[key] = counts.get(key, 0) + n * p
                 if key not in active:
-                    sums[key] = sums.get(key, 0) + (xs @ xs.swapaxes(-1, -2)).sum(axis=0, dtype=np.float64)
-                else:  # only outputs inside the activation's range count
+                    sums[key] = sums.get(key, 0) + (xt @ xt.swapaxes(-1, -2)).astype(np.float64)
+                else:  # only outputs inside the activation's range count (per-row layers: g == O)
                     lo, hi = active[key]
                     y = values[key][:, :, rows, cols]
-                    m = ((y > lo) & (y < hi)).reshape(y.shape[0], y.shape[1], -1).astype(np.float32)  # (N, O, P)
-                    xm = xs * m[:, :, None, :]  # (N, O, D, P): depthwise g == O, dense g == 1 broadcasts
+                    m = ((y > lo) & (y < hi)).reshape(n, y.shape[1], -1).astype(np.float32)  # (N, O, P)
+                    mt = np.ascontiguousarray(m.transpose(1, 0, 2)).reshape(-1, n * p)    # (O, N*P)
+                    xm = xt * mt[:, None, :]
                     acc = masked.setdefault(key, [0, 0, 0])
-                    acc[0] = acc[0] + (xm @ xs.swapaxes(-1, -2)).sum(axis=0, dtype=np.float64)
-                    acc[1] = acc[1] + xm.sum(axis=(0, 3), dtype=np.float64)
-                    acc[2] = acc[2] + m.sum(axis=(0, 2), dtype=np.float64)
+                    acc[0] = acc[0] + (xm @ xt.swapaxes(-1, -2)).astype(np.float64)
+                    acc[1] = acc[1] + xm.sum(axis=2, dtype=np.float64)
+                    acc[2] = acc[2] + mt.sum(axis=1, dtype=np.float64)
 
     run_tapped(model, tapped, calibration, consume, batch_size=batch)
     for _ in ticker:

@@ -1,0 +1,73 @@
+"""Float statistics that several builds of one model share are computed once per process, and
+only for the very same model bytes, calibration content and arguments."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified
+from unified.consistency.tiny_models import tiny_classifier
+from unified.graph import float_memo, float_stats
+from unified.graph.prepare import prepare
+from unified.inputs.calibration import CalibrationSet
+from unified.quant import layer_moments
+
+
+@pytest.fixture()
+def tapped_runs(monkeypatch):
+    """Counts the calibration passes over a float model."""
+    float_memo.clear()
+    runs: list[int] = []
+    original = float_stats.run_tapped
+
+    def counting(*args, **kwargs):
+        runs.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(float_stats, "run_tapped", counting)
+    monkeypatch.setattr(layer_moments, "run_tapped", counting)
+    yield runs
+    float_memo.clear()
+
+
+def _calibration(seed: int) -> CalibrationSet:
+    rng = np.random.default_rng(seed)
+    return CalibrationSet([rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)], "test")
+
+
+def test_moments_are_sampled_once_for_the_same_model_and_calibration(tapped_runs) -> None:
+    model = prepare(tiny_classifier())
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    first = layer_moments.input_moments(model, layers, _calibration(0), centered=True)
+    again = layer_moments.input_moments(model, layers, _calibration(0), centered=True)  # equal content
+    assert len(tapped_runs) == 1 and again is first
+    other = layer_moments.input_moments(model, layers, _calibration(1), centered=True)
+    uncentered = layer_moments.input_moments(model, layers, _calibration(1), centered=False)
+    assert len(tapped_runs) == 3
+    assert set(other) == set(first)
+    assert not np.allclose(other[layers[0].output[0]], first[layers[0].output[0]])
+    assert not np.allclose(uncentered[layers[0].output[0]], other[layers[0].output[0]])
+
+
+def test_a_changed_model_is_not_served_the_old_statistics(tapped_runs) -> None:
+    model = prepare(tiny_classifier(seed=0))
+    names = [model.graph.node[0].output[0]]
+    means = float_stats.channel_means(model, names, _calibration(0))
+    changed = prepare(tiny_classifier(seed=1))
+    changed_means = float_stats.channel_means(changed, [changed.graph.node[0].output[0]], _calibration(0))
+    assert len(tapped_runs) == 2
+    assert not np.allclose(means[names[0]], changed_means[changed.graph.node[0].output[0]])
+
+
+def test_rknn_and_tengine_builds_share_the_float_passes(tapped_runs, tiny_calibration) -> None:
+    model = tiny_classifier()
+    unified.quantize(model, backend="rknn", calibration=tiny_calibration, cache=False)
+    rknn_runs = len(tapped_runs)
+    qm = unified.quantize(model, backend="tengine", calibration=tiny_calibration, cache=False)
+    # rknn: moments, means, and two calibration passes (ranges, then histograms); tengine's build
+    # taps the model only for its own calibration ranges: the moments and means are reused
+    assert rknn_runs == 4 and len(tapped_runs) - rknn_runs == 2
+    float_memo.clear()
+    fresh = unified.quantize(model, backend="tengine", calibration=tiny_calibration, cache=False)
+    x = np.stack([c[0] for c in tiny_calibration[:4]])
+    np.testing.assert_array_equal(qm.run(x), fresh.run(x))

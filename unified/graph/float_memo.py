@@ -1,0 +1,69 @@
+"""A process-wide memo of float-model statistics that several backends' builds compute alike.
+
+`unified infer` and `unified compare` build the same model for ort, rknn and tengine in one
+process. Their best builds sample the *same* float statistics: layer input moments for adaptive
+rounding (about half of a build) and per-channel means for bias correction, over the same
+prepared float graph and calibration set. Keyed by the model's bytes, the calibration content and
+the call's arguments, a second build reuses the first one's result instead of tapping the model
+again. Only the most recent result is kept, and only when it is small, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from unified.inputs.calibration import CalibrationSet
+
+#: results larger than this are not kept (a ResNet-50's moments run to a gigabyte)
+MAX_BYTES = 128 * 2**20
+
+_lock = threading.Lock()
+_last: dict[str, tuple[str, Any]] = {}  # kind -> (key, result)
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def calibration_digest(calibration: CalibrationSet) -> str:
+    """The calibration content's fingerprint, computed once per set."""
+    cached = getattr(calibration, "_unified_digest", None)
+    if cached is None:
+        cached = calibration.fingerprint()
+        object.__setattr__(calibration, "_unified_digest", cached)
+    return cached
+
+
+def _nbytes(result: Any) -> int:
+    if isinstance(result, np.ndarray):
+        return result.nbytes
+    if isinstance(result, dict):
+        return sum(_nbytes(v) for v in result.values())
+    return 0
+
+
+def memoized(kind: str, model: onnx.ModelProto, calibration: CalibrationSet, arguments: Any,
+             compute: Callable[[], Any]) -> Any:
+    """`compute()`, or the kept result of the same call (same kind, model bytes, calibration
+    content and arguments). Results are shared, read-only: callers must not modify them."""
+    key = hashlib.sha256(repr((model_digest(model), calibration_digest(calibration), arguments)).encode()).hexdigest()
+    with _lock:
+        hit = _last.get(kind)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    result = compute()
+    with _lock:
+        if _nbytes(result) <= MAX_BYTES:
+            _last[kind] = (key, result)
+        else:
+            _last.pop(kind, None)
+    return result
+
+
+def clear() -> None:
+    with _lock:
+        _last.clear()
