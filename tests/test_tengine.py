@@ -73,9 +73,10 @@ def test_algorithms(tiny_model, tiny_calibration, tiny_batch, algorithm) -> None
 
 
 def test_scale_file_round_trip(tmp_path, tiny_model, tiny_calibration, tiny_batch) -> None:
-    # Tengine's own flow (nearest rounding, no bias correction) needs no data beside the table;
-    # the weight options need the same calibration images again to reproduce the same weights.
-    for label, options in [("plain", dict(rounding="nearest", bias_correction=False)), ("default", {})]:
+    # Tengine's own flow (nearest rounding, no bias corrections) needs no data beside the table;
+    # the weight and bias options need the same calibration images again to reproduce the same model.
+    plain = dict(rounding="nearest", bias_correction=False, empirical_bias_correction=False)
+    for label, options in [("plain", plain), ("default", {})]:
         qm = unified.quantize(tiny_model, backend="tengine", calibration=tiny_calibration, preprocess=PRE16, **options)
         table = tmp_path / f"table-{label}.txt"
         write_scale_file(qm.artifact, table)

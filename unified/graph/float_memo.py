@@ -5,7 +5,8 @@ process. Their best builds sample the *same* float statistics: layer input momen
 rounding (about half of a build) and per-channel means for bias correction, over the same
 prepared float graph and calibration set. Keyed by the model's bytes, the calibration content and
 the call's arguments, a second build reuses the first one's result instead of tapping the model
-again. Only the most recent result is kept, and only when it is small, so memory stays bounded.
+again. Only the two most recent results of each kind are kept, and only small ones, so memory
+stays bounded.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from unified.inputs.calibration import CalibrationSet
 MAX_BYTES = 128 * 2**20
 
 _lock = threading.Lock()
-_last: dict[str, tuple[str, Any]] = {}  # kind -> (key, result)
+KEEP = 2  # results kept per kind (bias correction asks for two sets of channel means per build)
+_last: dict[str, list[tuple[str, Any]]] = {}  # kind -> [(key, result)], newest last
 
 
 def model_digest(model: onnx.ModelProto) -> str:
@@ -52,15 +54,14 @@ def memoized(kind: str, model: onnx.ModelProto, calibration: CalibrationSet, arg
     content and arguments). Results are shared, read-only: callers must not modify them."""
     key = hashlib.sha256(repr((model_digest(model), calibration_digest(calibration), arguments)).encode()).hexdigest()
     with _lock:
-        hit = _last.get(kind)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+        for kept_key, kept in _last.get(kind, []):
+            if kept_key == key:
+                return kept
     result = compute()
-    with _lock:
-        if _nbytes(result) <= MAX_BYTES:
-            _last[kind] = (key, result)
-        else:
-            _last.pop(kind, None)
+    if _nbytes(result) <= MAX_BYTES:
+        with _lock:
+            entries = [e for e in _last.get(kind, []) if e[0] != key] + [(key, result)]
+            _last[kind] = entries[-KEEP:]
     return result
 
 

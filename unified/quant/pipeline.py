@@ -22,6 +22,7 @@ from unified.graph.qdq_import import ImportedQdq
 from unified.inputs.calibration import CalibrationSet
 from unified.inputs.preprocess import Preprocess
 from unified.quant.bias_correction import correct_biases
+from unified.quant.empirical_bias import correct_biases_empirically
 from unified.quant.calibrate import TensorStats, collect
 from unified.quant.equalization import equalize
 from unified.quant.ranges import ESTIMATORS, weight_ranges
@@ -40,6 +41,7 @@ class BuildOptions:
     calibrated_softmax: bool = False      # an internal Softmax (attention) takes its calibrated range from 0
     clamp_fixes_range: bool = True        # a fused ReLU6 output is exactly [0, 6] (else calibrated, narrowed)
     fold_pads: bool = True                # fold zero Pads into the Conv after them (False: the runtime pads)
+    empirical_bias: bool = False          # correct int32 biases on the integer graph, layer after layer
 
 
 def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
@@ -105,7 +107,8 @@ def range_source(scheme: Scheme, options: BuildOptions, stats: TensorStats | Non
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
                         options: BuildOptions, preprocess: Preprocess | None,
                         given: dict[str, tuple[float, int]] | None = None) -> IntegerGraph:
-    """prepare -> [equalize] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale table is `given`) -> lower.
+    """prepare -> [equalize] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale
+    table is `given`) -> lower -> [empirical bias correction on the integer graph].
 
     `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
     integer input); None: the input range is calibrated like any tensor.
@@ -130,10 +133,15 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
         prepared = correct_biases(prepared, calibration, fake_quantizer(scheme, options.weight_method), unrounded)
     stats = collect(prepared, calibration, options.range_method) if given is None else None
     given_params = {name: scheme.params(scale, zp) for name, (scale, zp) in given.items()} if given else None
-    return lower(prepared, scheme, range_source(scheme, options, stats),
-                 input_range(preprocess) if preprocess is not None and is_image_input(prepared, preprocess) else None,
-                 set(options.float_fallback), given_params,
-                 strict=options.strict)
+    graph = lower(prepared, scheme, range_source(scheme, options, stats),
+                  input_range(preprocess) if preprocess is not None and is_image_input(prepared, preprocess) else None,
+                  set(options.float_fallback), given_params,
+                  strict=options.strict)
+    if options.empirical_bias:
+        if calibration is None:
+            raise CalibrationError(f"{scheme.name}: empirical bias correction needs calibration data")
+        correct_biases_empirically(graph, unrounded, calibration)
+    return graph
 
 
 def build_from_qdq(imported: ImportedQdq, calibration: CalibrationSet | None, scheme: Scheme,

@@ -10,6 +10,9 @@ Options (RKNN's `config()` names where they exist, with the toolkit's meaning un
   mean_values, std_values   pixel-unit normalization folded into the int8 input
                             (default: the model's own preprocessing)
   bias_correction      addition, on under best: correct biases for weight rounding (Nagel et al. 2019)
+  empirical_bias_correction  addition, off by default: correct int32 biases on the integer graph,
+                       layer after layer, against fp32 means (pays on tengine's per-tensor weights,
+                       not measurably on RKNN's per-channel ones)
   rounding             "adaptive" (addition, default under best): each weight rounded up or down to
                        keep its layer's output (AdaRound's objective) on RKNN's per-channel grid;
                        "nearest": the toolkit's own rounding
@@ -53,7 +56,7 @@ ALGORITHMS = {
     "kl_divergence": ("kl_rknn", "minmax"),
 }
 KNOWN_OPTIONS = {"mode", "profile", "rounding", "calibrated_softmax", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
-                 "bias_correction", "fuse_residual_add", "float_fallback", "strict"}
+                 "bias_correction", "empirical_bias_correction", "fuse_residual_add", "float_fallback", "strict"}
 
 
 @hookimpl
@@ -75,6 +78,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     range_method, weight_method = ALGORITHMS[algorithm]
     build = BuildOptions(range_method=range_method, weight_method=weight_method,
                          bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
+                         empirical_bias=profile.addition("empirical_bias_correction", best=False, toolkit=False),
                          adaptive_rounding=profile.rounding() == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),

@@ -10,6 +10,9 @@ Options (Tengine's own keep Tengine's meaning under both profiles):
                    algorithm's ranges
   mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
   bias_correction  addition, on under best: correct biases for weight rounding from fp32 channel means
+  empirical_bias_correction  addition, on under best: after lowering, run the calibration images
+                   through the integer graph layer after layer and let each conv's int32 bias absorb
+                   its mean pre-activation error against fp32 (upstream errors included)
   equalization     addition, off by default: cross-layer equalization where it keeps the float model exact
   rounding         "adaptive" (addition, default under best): each weight rounded up or down to keep
                    its layer's output (AdaRound's objective); "nearest": Tengine's own round-to-nearest
@@ -47,19 +50,24 @@ from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_g
 NAME = "tengine"
 #: quant_tool_uint8's algorithms, as its source computes them (`quant/tengine_ranges.py`)
 ALGORITHMS = {"minmax": "minmax", "kl": "kl_tengine", "aciq": "aciq_tengine"}
-KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "algorithm", "mean", "scale", "bias_correction", "equalization", "rounding", "scale_file",
+KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "algorithm", "mean", "scale", "bias_correction", "empirical_bias_correction", "equalization", "rounding", "scale_file",
                  "float_fallback", "strict"}
 
 
 def _needs_calibration(mode: str, options: Mapping[str, Any]) -> bool:
     """A scale file replaces calibration, unless a weight option needs fp32 statistics."""
     profile = Profile.read(NAME, options)
-    weights_need_data = _bias_correction(profile) or profile.rounding() == "adaptive"
+    weights_need_data = (_bias_correction(profile) or profile.rounding() == "adaptive"
+                         or _empirical_bias(profile))
     return not (options.get("scale_file") and not weights_need_data)
 
 
 def _bias_correction(profile: Profile) -> bool:
     return profile.addition("bias_correction", best=True, toolkit=False)
+
+
+def _empirical_bias(profile: Profile) -> bool:
+    return profile.addition("empirical_bias_correction", best=True, toolkit=False)
 
 
 @hookimpl
@@ -83,6 +91,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     ranges = profile.activation_ranges("algorithm")
     build = BuildOptions(range_method="mse" if ranges == "mse" else ALGORITHMS[algorithm], weight_method="minmax",
                          bias_correction=_bias_correction(profile),
+                         empirical_bias=_empirical_bias(profile),
                          equalization=profile.addition("equalization", best=False, toolkit=False),
                          adaptive_rounding=rounding == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),

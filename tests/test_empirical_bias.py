@@ -1,0 +1,75 @@
+"""Empirical bias correction: after it, every conv/Gemm's mean pre-activation per channel on the
+calibration images equals fp32's to within half a bias step, measured on the integer graph
+itself with all earlier layers corrected; it is a tengine default, an rknn option, and refused
+under the toolkit profile."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unified
+from unified.consistency.tiny_models import tiny_classifier
+from unified.core.errors import BackendError
+from unified.graph.float_stats import channel_means
+from unified.graph.prepare import prepare
+from unified.inputs.calibration import CalibrationSet
+from unified.quant.empirical_bias import _correctable
+
+
+def _calibration() -> list[np.ndarray]:
+    rng = np.random.default_rng(4)
+    return [rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(12)]
+
+
+def _mean_errors(qm, model, calibration) -> dict[str, np.ndarray]:
+    """Per corrected layer: |engine mean - fp32 mean| per channel, in units of the bias step."""
+    graph = qm.artifact.graph
+    layers = {n.name: n for n in graph.nodes if _correctable(n)}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    def tap(name: str, kind: str, array: np.ndarray) -> None:
+        if kind == "accumulator" and name in layers:
+            axes = (0,) + tuple(range(2, array.ndim))
+            sums[name] = sums.get(name, 0) + array.astype(np.float64).sum(axis=axes)
+            counts[name] = counts.get(name, 0) + array.size // array.shape[1]
+
+    qm.artifact.interpreter.run(graph.input_q.quantize(np.concatenate(calibration)), tap=tap)
+    fp32 = channel_means(prepare(model), sorted(n.attrs["preact"] for n in layers.values()),
+                         CalibrationSet(calibration, "test"))
+    errors = {}
+    for name, node in layers.items():
+        step = graph.tensors[node.inputs[0]].scale * node.arrays["w_scale"]
+        errors[name] = np.abs(sums[name] / counts[name] * step - fp32[node.attrs["preact"]]) / step
+    return errors
+
+
+def test_each_layer_matches_fp32_means_to_half_a_step() -> None:
+    model, calibration = tiny_classifier(), _calibration()
+    corrected = unified.quantize(model, backend="tengine", calibration=calibration, cache=False)
+    plain = unified.quantize(model, backend="tengine", calibration=calibration, cache=False,
+                             empirical_bias_correction=False)
+    after, before = _mean_errors(corrected, model, calibration), _mean_errors(plain, model, calibration)
+    assert set(after) == {"conv1", "dwconv", "fc"}
+    for name, error in after.items():
+        assert error.max() <= 0.5 + 1e-6, (name, error)
+    assert max(e.max() for e in before.values()) > 2.0  # without it, some channel is off by steps
+    # only int32 biases change: weights, scales and zero points are the scheme's
+    for a, b in zip(corrected.artifact.graph.nodes, plain.artifact.graph.nodes):
+        for key in a.arrays:
+            if key != "bias":
+                np.testing.assert_array_equal(a.arrays[key], b.arrays[key])
+    assert corrected.artifact.graph.tensors == plain.artifact.graph.tensors
+
+
+def test_defaults_per_backend_and_toolkit_refusal() -> None:
+    model, calibration = tiny_classifier(), _calibration()
+    rknn = unified.quantize(model, backend="rknn", calibration=calibration, cache=False)
+    rknn_on = unified.quantize(model, backend="rknn", calibration=calibration, cache=False,
+                               empirical_bias_correction=True)
+    changed = [n.name for n, m in zip(rknn.artifact.graph.nodes, rknn_on.artifact.graph.nodes)
+               if "bias" in n.arrays and not np.array_equal(n.arrays["bias"], m.arrays["bias"])]
+    assert changed  # off by default on rknn, and it does move biases when asked for
+    with pytest.raises(BackendError, match="empirical_bias_correction"):
+        unified.quantize(model, backend="tengine", calibration=calibration, cache=False, profile="toolkit",
+                         empirical_bias_correction=True)

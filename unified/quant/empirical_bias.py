@@ -1,0 +1,125 @@
+"""Empirical bias correction on the integer graph itself, layer after layer (Nagel et al. 2019,
+"Data-Free Quantization", section 4.2, in its empirical form; Finkelstein et al. 2019, "Fighting
+Quantized Neural Networks Bias with Bias").
+
+The analytical bias correction (`bias_correction`) removes the mean output shift that a layer's
+*own* weight rounding causes, measured on fp32 inputs. What it cannot see is the shift that
+arrives from upstream: quantized activations, clamped ranges and every earlier layer's residual
+error. With per-tensor weights (Tengine) those shifts add up along a deep MobileNet-style network.
+
+Here the calibration images run through the integer graph in topological order. At each conv or
+Gemm, the mean of its integer accumulator per output channel (dequantized with the input scale
+times the weight scale) is compared with the fp32 model's mean of the same pre-activation tensor,
+and the int32 bias absorbs the difference, *before* the layer's output is computed for the layers
+after it. Every later layer is therefore measured with all earlier corrections in place, in one
+pass. Only int32 biases change; weights, scales and zero points stay as the scheme chose them.
+
+Measured (share of fp32 top-1 kept on 200 crops, calibration on 100 others, tengine's defaults
+otherwise): EfficientNet-Lite0 84.0 -> 88.0%, EfficientNet-Lite1 74.5 -> 82.0% (cosine 0.978 ->
+0.984 and 0.975 -> 0.989). On rknn's per-channel weights it did not pay (Lite0 96.0 -> 96.5%,
+Lite1 93.0 -> 91.0%), so it is on by default for tengine only.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from unified.engine.integer_graph import IntegerGraph, IntNode
+from unified.engine.interpreter import Interpreter
+from unified.engine.kernels import KERNELS
+from unified.graph.float_stats import channel_means
+from unified.inputs.calibration import CalibrationSet
+
+CHUNK = 8  # images per kernel call: accumulators of a 112 x 112 layer stay well under 100 MB
+CORRECTED_OPS = ("conv", "gemm")
+
+
+def _correctable(node: IntNode) -> bool:
+    """Convs, and Gemms on (N, C) inputs: layers whose output channels lie on axis 1, as the fp32
+    channel means do (a Gemm inside a transformer block works on (N, T, C) and is left alone)."""
+    if node.op == "gemm" and node.attrs.get("input_rank") != 2:
+        return False
+    return node.op in CORRECTED_OPS and "preact" in node.attrs and "w_scale" in node.arrays
+
+
+def _integer_inputs(graph: IntegerGraph, calibration: CalibrationSet) -> dict[str, np.ndarray]:
+    """The calibration samples, joined and quantized as each input's params say (NCHW)."""
+    samples = calibration.tensors
+    if isinstance(samples[0], dict):
+        return {name: graph.tensors[name].quantize(np.concatenate([s[name] for s in samples]))
+                for name in graph.input_names}
+    return {graph.input_name: graph.input_q.quantize(np.concatenate(samples))}
+
+
+def _chunk(graph: IntegerGraph) -> int:
+    """Samples per kernel call: CHUNK, or the batch size a fixed-batch graph was made static at."""
+    fixed = [s[0] for s in graph.input_shapes if s and isinstance(s[0], int) and s[0] > 0]
+    return min(fixed) if fixed else CHUNK
+
+
+def _run_node(node: IntNode, inputs: list[np.ndarray], batched: list[bool], graph: IntegerGraph,
+              tap=None) -> list[np.ndarray]:
+    """One kernel over the batch, a chunk of samples at a time (inputs without a batch axis, such
+    as constants, go whole)."""
+    n = next((len(x) for x, b in zip(inputs, batched) if b), None)
+    if n is None:
+        return KERNELS[node.op](node, inputs, graph, tap)
+    step = _chunk(graph)
+    parts = [KERNELS[node.op](node, [x[lo:lo + step] if b else x for x, b in zip(inputs, batched)], graph, tap)
+             for lo in range(0, n, step)]
+    return [np.concatenate(outs) for outs in zip(*parts)]
+
+
+def _refresh_exactness(node: IntNode, graph: IntegerGraph) -> None:
+    """Keep lowering's float64-carrier proof true for the new bias (|acc| * multiplier < 2^53)."""
+    if not node.attrs.get("requant_f64"):
+        return
+    zx = int(node.attrs["zx"])
+    xmax = max(graph.qmax - zx, zx - graph.qmin)
+    w = node.arrays["w"].astype(np.int64)
+    bound = np.abs(w).reshape(w.shape[0], -1).sum(axis=1) * xmax + np.abs(node.arrays["bias"])
+    node.attrs = {**node.attrs, "requant_f64": bool(np.all(bound.astype(np.float64) * node.arrays["mult"] < 2.0**53))}
+
+
+def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
+                               calibration: CalibrationSet) -> int:
+    """Correct, in place, the int32 biases of `graph`'s convs and Gemms so that each layer's mean
+    pre-activation per channel on `calibration` equals that of the fp32 `reference` (the float
+    model the graph was lowered from, whose tensor names it keeps). Returns how many layers moved."""
+    layers = [n for n in graph.nodes if _correctable(n)]
+    if not layers or len(calibration) == 0:
+        return 0
+    targets = channel_means(reference, sorted({n.attrs["preact"] for n in layers}), calibration)
+    runnable = Interpreter(graph).graph  # with the float-fallback evaluators the kernels need
+    values: dict[str, np.ndarray] = dict(_integer_inputs(graph, calibration))
+    batched = set(values)
+    last_use = {name: i for i, node in enumerate(runnable.nodes) for name in node.inputs}
+    moved = 0
+    for i, node in enumerate(runnable.nodes):
+        inputs = [values[name] for name in node.inputs]
+        flags = [name in batched for name in node.inputs]
+        if _correctable(node) and node.attrs["preact"] in targets and any(flags):
+            totals = {"sum": 0.0, "count": 0}
+
+            def tap(name: str, kind: str, array: np.ndarray) -> None:
+                if kind == "accumulator":  # (N, C, ...) int32 sums including the bias
+                    axes = (0,) + tuple(range(2, array.ndim))
+                    totals["sum"] = totals["sum"] + array.astype(np.float64).sum(axis=axes)
+                    totals["count"] += array.size // array.shape[1]
+
+            _run_node(node, inputs, flags, runnable, tap)
+            bias_scale = graph.tensors[node.inputs[0]].scale * node.arrays["w_scale"].astype(np.float64)
+            measured = totals["sum"] / max(totals["count"], 1) * bias_scale
+            step = graph.rounding.round((measured - targets[node.attrs["preact"]]) / bias_scale).astype(np.int64)
+            if np.any(step):
+                node.arrays["bias"] = np.clip(node.arrays["bias"] - step, -(2**31), 2**31 - 1).astype(np.int64)
+                _refresh_exactness(node, graph)
+                moved += 1
+        outs = _run_node(node, inputs, flags, runnable)
+        for name, value in zip(node.outputs, outs):
+            values[name] = value
+            if any(flags):
+                batched.add(name)
+        for name in [k for k, last in last_use.items() if last == i and k not in graph.output_names]:
+            values.pop(name, None)
+    return moved
