@@ -42,6 +42,26 @@ def _correctable(node: IntNode) -> bool:
     return node.op in CORRECTED_OPS and "preact" in node.attrs and "w_scale" in node.arrays
 
 
+#: kernels that treat axis 0 as the batch, so the images can run through them a chunk at a time
+BATCH_FIRST_OPS = {"conv", "conv_add", "conv_transpose", "gemm", "add", "mul", "clamp", "lut", "channel_lut",
+                   "maxpool", "avgpool", "global_avg", "upsample_nearest", "const"}
+
+
+def _batch_first(node: IntNode) -> bool:
+    """Whether `node` keeps images on axis 0 (concat, flatten and softmax away from axis 0; a Gemm
+    on (N, C); a float-fallback node on NCHW maps)."""
+    a = node.attrs
+    if node.op == "gemm":
+        return a.get("input_rank") == 2
+    if node.op in BATCH_FIRST_OPS:
+        return True
+    if node.op in ("concat", "flatten", "softmax"):
+        return int(a.get("axis", 1)) > 0
+    if node.op == "float":
+        return a.get("input_rank") == 4
+    return False
+
+
 def _integer_inputs(graph: IntegerGraph, calibration: CalibrationSet) -> dict[str, np.ndarray]:
     """The calibration samples, joined and quantized as each input's params say (NCHW)."""
     samples = calibration.tensors
@@ -87,7 +107,9 @@ def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
     pre-activation per channel on `calibration` equals that of the fp32 `reference` (the float
     model the graph was lowered from, whose tensor names it keeps). Returns how many layers moved."""
     layers = [n for n in graph.nodes if _correctable(n)]
-    if not layers or len(calibration) == 0:
+    if not layers or len(calibration) == 0 or not all(_batch_first(n) for n in graph.nodes):
+        # tensors that leave the batch-first layout (attention's reshapes and transposes) cannot
+        # run a chunk of images at a time, and all images at once is too large: analytical only
         return 0
     targets = channel_means(reference, sorted({n.attrs["preact"] for n in layers}), calibration)
     runnable = Interpreter(graph).graph  # with the float-fallback evaluators the kernels need
