@@ -73,3 +73,11 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, polic
     mag >>= k
     np.negative(mag, out=mag, where=neg)
     return mag
+
+
+def float64_carrier_exact(w_shifted: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, xmax: int) -> bool:
+    """Whether every output channel's |acc + bias| * multiplier stays below 2^53, so the float64
+    carrier of `kernels._requant_f64` computes the requantization exactly (|x - zx| <= xmax)."""
+    rows = np.abs(np.asarray(w_shifted, dtype=np.int64)).reshape(len(w_shifted), -1).sum(axis=1)
+    bound = rows * xmax + np.abs(np.asarray(bias, dtype=np.int64))
+    return bool(np.all(bound.astype(np.float64) * multiplier < 2.0**53))

@@ -37,8 +37,7 @@ class IntegerArtifact:
 
     @property
     def fixed_batch(self) -> int | None:
-        batch = self.graph.input_shape[0] if self.graph.input_shape else None
-        return batch if isinstance(batch, int) and batch > 0 else None
+        return self.graph.fixed_batch
 
     @property
     def float_nodes(self) -> dict[str, str]:

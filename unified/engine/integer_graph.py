@@ -66,6 +66,12 @@ class IntegerGraph:
         return self.input_shapes[0]
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph was made static at, or None when any batch runs."""
+        batch = self.input_shape[0] if self.input_shape else None
+        return batch if isinstance(batch, int) and batch > 0 else None
+
+    @property
     def output_name(self) -> str:
         return self.output_names[0]
 

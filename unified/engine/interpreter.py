@@ -67,8 +67,9 @@ class Interpreter:
             for name in node.inputs:
                 last_use[name] = i
         keep = set(graph.output_names)
-        self._free_after = {i: [n for n, last in last_use.items() if last == i and n not in keep]
-                            for i in range(len(graph.nodes))}
+        #: node index -> the tensors no later node reads (freed after it runs)
+        self.free_after = {i: [n for n, last in last_use.items() if last == i and n not in keep]
+                           for i in range(len(graph.nodes))}
 
     def run(self, x: np.ndarray, tap: Tap | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """The graph's output (a dict by name when the graph has several).
@@ -100,7 +101,7 @@ class Interpreter:
                 values[name] = value
                 tap(node.name, "activation", value)
             if tap is _no_tap:
-                for name in self._free_after[i]:
+                for name in self.free_after[i]:
                     values.pop(name, None)
         if len(g.output_names) == 1:
             return values[g.output_name]

@@ -30,6 +30,17 @@ _ELEM = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
 INT32_EXACT = 2**31
 
 
+def _conv_session(nodes: list, inits: list, x_type: int, channels: int, acc_type: int,
+                  threads: int | None) -> ort.InferenceSession:
+    """One small session x (N, channels, H, W) -> acc, on the arena every engine session shares."""
+    graph = helper.make_graph(nodes, "conv_accumulator",
+                              [helper.make_tensor_value_info("x", x_type, ["N", channels, "H", "W"])],
+                              [helper.make_tensor_value_info("acc", acc_type, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return make_session(model.SerializeToString(), threads, shared_arena=True)
+
+
 class IntegerConvAccumulator:
     """Dense conv -> exact int32 accumulator (without bias), on ORT's `ConvInteger` (U8U8).
 
@@ -88,15 +99,9 @@ def integer_conv_accumulator(node: IntNode, dtype: str, qmin: int, qmax: int,
     inits = [numpy_helper.from_array(w_u8.astype(np.uint8), "w"),
              numpy_helper.from_array(np.array(zx, np.uint8), "zx"),
              numpy_helper.from_array(np.array(zw, np.uint8), "zw")]
-    graph = helper.make_graph(
-        [helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["acc"], strides=a["strides"], pads=a["pads"],
-                          dilations=a["dilations"], group=1, kernel_shape=a["kernel"])],
-        "conv_integer",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", w.shape[1], "H", "W"])],
-        [helper.make_tensor_value_info("acc", TensorProto.INT32, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    session = make_session(model.SerializeToString(), threads, shared_arena=True)
+    conv = helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["acc"], strides=a["strides"], pads=a["pads"],
+                            dilations=a["dilations"], group=1, kernel_shape=a["kernel"])
+    session = _conv_session([conv], inits, TensorProto.UINT8, w.shape[1], TensorProto.INT32, threads)
     return IntegerConvAccumulator(session, flip, offsets.astype(np.int64) if np.any(offsets) else None)
 
 
@@ -114,15 +119,7 @@ def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = No
                          dilations=a["dilations"], group=a["group"], kernel_shape=a["kernel"]),
     ]
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(a["zx"]), "zx")]
-    output = helper.make_tensor_value_info("acc", TensorProto.FLOAT, None)
-    graph = helper.make_graph(
-        nodes, "conv_acc",
-        [helper.make_tensor_value_info("x", _ELEM[dtype], ["N", w.shape[1] * a["group"], "H", "W"])],
-        [output], inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return make_session(model.SerializeToString(), threads, shared_arena=True)
+    return _conv_session(nodes, inits, _ELEM[dtype], w.shape[1] * a["group"], TensorProto.FLOAT, threads)
 
 
 FLOAT32_EXACT = 2**24
@@ -172,10 +169,4 @@ def split_conv_accumulator_session(node: IntNode, dtype: str, qmin: int, qmax: i
         parts.append(f"acc{i}d")
         start += size
     nodes.append(helper.make_node("Sum", parts, ["acc"]))
-    graph = helper.make_graph(
-        nodes, "conv_acc_split",
-        [helper.make_tensor_value_info("x", _ELEM[dtype], ["N", w.shape[1], "H", "W"])],
-        [helper.make_tensor_value_info("acc", TensorProto.DOUBLE, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return make_session(model.SerializeToString(), threads, shared_arena=True)
+    return _conv_session(nodes, inits, _ELEM[dtype], w.shape[1], TensorProto.DOUBLE, threads)

@@ -31,15 +31,6 @@ def model_digest(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def calibration_digest(calibration: CalibrationSet) -> str:
-    """The calibration content's fingerprint, computed once per set."""
-    cached = getattr(calibration, "_unified_digest", None)
-    if cached is None:
-        cached = calibration.fingerprint()
-        object.__setattr__(calibration, "_unified_digest", cached)
-    return cached
-
-
 def _nbytes(result: Any) -> int:
     if isinstance(result, np.ndarray):
         return result.nbytes
@@ -52,7 +43,7 @@ def memoized(kind: str, model: onnx.ModelProto, calibration: CalibrationSet, arg
              compute: Callable[[], Any]) -> Any:
     """`compute()`, or the kept result of the same call (same kind, model bytes, calibration
     content and arguments). Results are shared, read-only: callers must not modify them."""
-    key = hashlib.sha256(repr((model_digest(model), calibration_digest(calibration), arguments)).encode()).hexdigest()
+    key = hashlib.sha256(repr((model_digest(model), calibration.fingerprint(), arguments)).encode()).hexdigest()
     with _lock:
         for kept_key, kept in _last.get(kind, []):
             if kept_key == key:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +31,7 @@ class CalibrationSet:
 
     tensors: list[Any]  # np.ndarray per sample, or dict input name -> np.ndarray
     description: str
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.tensors)
@@ -48,12 +49,16 @@ class CalibrationSet:
                 yield np.concatenate(chunk, axis=0)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for sample in self.tensors:
-            for name, t in sorted(sample.items()) if isinstance(sample, dict) else [("", sample)]:
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(t).tobytes())
-        return h.hexdigest()
+        """SHA-256 of the samples, computed once (the build cache and the float-statistics memo
+        both key on it; the samples are not changed after the set is made)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for sample in self.tensors:
+                for name, t in sorted(sample.items()) if isinstance(sample, dict) else [("", sample)]:
+                    h.update(name.encode())
+                    h.update(np.ascontiguousarray(t).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
 
 def _files_in(folder: Path) -> list[Path]:

@@ -24,26 +24,24 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from unified.engine.fixed_point import float64_carrier_exact
 from unified.engine.integer_graph import IntegerGraph, IntNode
-from unified.engine.interpreter import Interpreter
+from unified.engine.interpreter import CHUNK_SAMPLES, Interpreter
 from unified.engine.kernels import KERNELS
 from unified.graph.float_stats import channel_means
 from unified.inputs.calibration import CalibrationSet
 
-CHUNK = 8  # images per kernel call: accumulators of a 112 x 112 layer stay well under 100 MB
 CORRECTED_OPS = ("conv", "gemm")
 
 
 def _correctable(node: IntNode) -> bool:
-    """Convs, and Gemms on (N, C) inputs: layers whose output channels lie on axis 1, as the fp32
-    channel means do (a Gemm inside a transformer block works on (N, T, C) and is left alone)."""
-    if node.op == "gemm" and node.attrs.get("input_rank") != 2:
-        return False
+    """Convs and Gemms (on (N, C): `_batch_first` refuses the graph otherwise), whose output
+    channels lie on axis 1 as the fp32 channel means do."""
     return node.op in CORRECTED_OPS and "preact" in node.attrs and "w_scale" in node.arrays
 
 
 #: kernels that treat axis 0 as the batch, so the images can run through them a chunk at a time
-BATCH_FIRST_OPS = {"conv", "conv_add", "conv_transpose", "gemm", "add", "mul", "clamp", "lut", "channel_lut",
+BATCH_FIRST_OPS = {"conv", "conv_add", "conv_transpose", "add", "mul", "clamp", "lut", "channel_lut",
                    "maxpool", "avgpool", "global_avg", "upsample_nearest", "const"}
 
 
@@ -71,12 +69,6 @@ def _integer_inputs(graph: IntegerGraph, calibration: CalibrationSet) -> dict[st
     return {graph.input_name: graph.input_q.quantize(np.concatenate(samples))}
 
 
-def _chunk(graph: IntegerGraph) -> int:
-    """Samples per kernel call: CHUNK, or the batch size a fixed-batch graph was made static at."""
-    fixed = [s[0] for s in graph.input_shapes if s and isinstance(s[0], int) and s[0] > 0]
-    return min(fixed) if fixed else CHUNK
-
-
 def _run_node(node: IntNode, inputs: list[np.ndarray], batched: list[bool], graph: IntegerGraph,
               tap=None) -> list[np.ndarray]:
     """One kernel over the batch, a chunk of samples at a time (inputs without a batch axis, such
@@ -84,21 +76,19 @@ def _run_node(node: IntNode, inputs: list[np.ndarray], batched: list[bool], grap
     n = next((len(x) for x, b in zip(inputs, batched) if b), None)
     if n is None:
         return KERNELS[node.op](node, inputs, graph, tap)
-    step = _chunk(graph)
+    step = graph.fixed_batch or CHUNK_SAMPLES  # the interpreter's own chunk size
     parts = [KERNELS[node.op](node, [x[lo:lo + step] if b else x for x, b in zip(inputs, batched)], graph, tap)
              for lo in range(0, n, step)]
     return [np.concatenate(outs) for outs in zip(*parts)]
 
 
 def _refresh_exactness(node: IntNode, graph: IntegerGraph) -> None:
-    """Keep lowering's float64-carrier proof true for the new bias (|acc| * multiplier < 2^53)."""
-    if not node.attrs.get("requant_f64"):
-        return
-    zx = int(node.attrs["zx"])
-    xmax = max(graph.qmax - zx, zx - graph.qmin)
-    w = node.arrays["w"].astype(np.int64)
-    bound = np.abs(w).reshape(w.shape[0], -1).sum(axis=1) * xmax + np.abs(node.arrays["bias"])
-    node.attrs = {**node.attrs, "requant_f64": bool(np.all(bound.astype(np.float64) * node.arrays["mult"] < 2.0**53))}
+    """Keep lowering's float64-carrier proof true for the new bias."""
+    if node.attrs.get("requant_f64"):
+        zx = int(node.attrs["zx"])
+        exact = float64_carrier_exact(node.arrays["w"], node.arrays["bias"], node.arrays["mult"],
+                                      max(graph.qmax - zx, zx - graph.qmin))
+        node.attrs = {**node.attrs, "requant_f64": exact}
 
 
 def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
@@ -112,15 +102,15 @@ def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
         # run a chunk of images at a time, and all images at once is too large: analytical only
         return 0
     targets = channel_means(reference, sorted({n.attrs["preact"] for n in layers}), calibration)
-    runnable = Interpreter(graph).graph  # with the float-fallback evaluators the kernels need
+    interpreter = Interpreter(graph)
+    runnable = interpreter.graph  # with the float-fallback evaluators the kernels need
     values: dict[str, np.ndarray] = dict(_integer_inputs(graph, calibration))
     batched = set(values)
-    last_use = {name: i for i, node in enumerate(runnable.nodes) for name in node.inputs}
     moved = 0
     for i, node in enumerate(runnable.nodes):
         inputs = [values[name] for name in node.inputs]
         flags = [name in batched for name in node.inputs]
-        if _correctable(node) and node.attrs["preact"] in targets and any(flags):
+        if _correctable(node):
             totals = {"sum": 0.0, "count": 0}
 
             def tap(name: str, kind: str, array: np.ndarray) -> None:
@@ -142,6 +132,6 @@ def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
             values[name] = value
             if any(flags):
                 batched.add(name)
-        for name in [k for k, last in last_use.items() if last == i and k not in graph.output_names]:
+        for name in interpreter.free_after[i]:
             values.pop(name, None)
     return moved

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from unified.core.errors import UnsupportedOperatorError
+from unified.engine.fixed_point import float64_carrier_exact
 from unified.engine.lowering.context import LoweringContext, multiplier, node_key
 from unified.engine.lowering.registry import lowers
 from unified.graph.onnx_model import gemm_weight_rows, node_attributes
@@ -81,11 +82,10 @@ def _emit_weighted(ctx: LoweringContext, node: onnx.NodeProto, w: np.ndarray, bi
     mult, shift = multiplier(bias_scale / to.scale)
     qlo, qhi = ctx.clamp_q(to, bounds)
     xmax = max(ctx.scheme.qmax - tx.zero_point, tx.zero_point - ctx.scheme.qmin)
-    acc_bound = np.abs(w_shifted.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1) * xmax + np.abs(bq)
     attrs: dict[str, Any] = {"zx": tx.zero_point, "zo": to.zero_point, "act_min": qlo, "act_max": qhi,
                              "exact": ctx.exact_dtype(w_shifted, tx.zero_point),
                              # every |acc| * m < 2^53: float64 computes the requantization exactly
-                             "requant_f64": bool(np.all(acc_bound.astype(np.float64) * mult < 2.0**53)),
+                             "requant_f64": float64_carrier_exact(w_shifted, bq, mult, xmax),
                              "preact": node.output[0]}
     attrs.update(op_attrs)
     attrs["input_rank"] = len(ctx.shapes.get(x) or [])
