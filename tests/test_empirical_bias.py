@@ -5,7 +5,9 @@ under the toolkit profile."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 import unified
 from unified.consistency.tiny_models import tiny_classifier
@@ -73,3 +75,44 @@ def test_defaults_per_backend_and_toolkit_refusal() -> None:
     with pytest.raises(BackendError, match="empirical_bias_correction"):
         unified.quantize(model, backend="tengine", calibration=calibration, cache=False, profile="toolkit",
                          empirical_bias_correction=True)
+
+
+def _with_reshape_head(shape: list[int]) -> onnx.ModelProto:
+    """tiny_classifier with its Flatten replaced by Reshape(shape), as a torch `x.view(-1, C)` exports."""
+    model = tiny_classifier()
+    nodes = list(model.graph.node)
+    i = next(k for k, n in enumerate(nodes) if n.op_type == "Flatten")
+    nodes[i] = helper.make_node("Reshape", ["gap", "head_shape"], ["flat"], name="head_reshape")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), "head_shape"))
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_classifier_head_reshape_keeps_the_correction() -> None:
+    """A head that flattens with Reshape(-1, C) keeps every sample on axis 0, so the correction
+    runs (it used to refuse every graph holding a Reshape: torch-exported classifiers lost it)."""
+    model, calibration = _with_reshape_head([-1, 8]), _calibration()
+    corrected = unified.quantize(model, backend="tengine", calibration=calibration, cache=False)
+    for name, error in _mean_errors(corrected, model, calibration).items():
+        assert error.max() <= 0.5 + 1e-6, (name, error)
+
+
+def test_a_reshape_that_moves_samples_leaves_the_biases_alone() -> None:
+    """Reshape(-1, 4) turns each sample's 8 channels into two rows: chunk-wise running would mix
+    the bookkeeping, so the graph keeps lowering's biases exactly (the analytical correction only)."""
+    from unified.engine.integer_graph import IntegerGraph
+    from unified.quant.empirical_bias import correct_biases_empirically
+
+    model, calibration = _with_reshape_head([-1, 4]), _calibration()
+    fc_w = next(t for t in model.graph.initializer if t.name == "fc_w")  # (10, 4) for the (2N, 4) rows
+    fc_w.CopyFrom(numpy_helper.from_array(np.random.default_rng(2).normal(0, 0.5, (10, 4)).astype(np.float32), "fc_w"))
+    plain = unified.quantize(model, backend="tengine", calibration=calibration, cache=False,
+                             empirical_bias_correction=False)
+    graph: IntegerGraph = plain.artifact.graph
+    before = {n.name: n.arrays["bias"].copy() for n in graph.nodes if _correctable(n)}
+    assert correct_biases_empirically(graph, prepare(model), CalibrationSet(calibration, "test")) == 0
+    for n in graph.nodes:
+        if n.name in before:
+            np.testing.assert_array_equal(n.arrays["bias"], before[n.name])

@@ -47,10 +47,15 @@ BATCH_FIRST_OPS = {"conv", "conv_add", "conv_transpose", "add", "mul", "clamp", 
 
 def _batch_first(node: IntNode) -> bool:
     """Whether `node` keeps images on axis 0 (concat, flatten and softmax away from axis 0; a Gemm
-    on (N, C); a float-fallback node on NCHW maps)."""
+    on (N, C); a float-fallback node on NCHW maps; a Reshape that keeps axis 0 as it is, such as a
+    classifier head's `x.view(-1, C)`, which `_run_node` checks on the actual arrays)."""
     a = node.attrs
     if node.op == "gemm":
         return a.get("input_rank") == 2
+    if node.op == "reshape":
+        shape = list(a["shape"])
+        keeps_axis0 = shape[0] == 0 and not a.get("allowzero")
+        return bool(shape) and (keeps_axis0 or (shape[0] == -1 and all(d > 0 for d in shape[1:])))
     if node.op in BATCH_FIRST_OPS:
         return True
     if node.op in ("concat", "flatten", "softmax"):
@@ -79,7 +84,13 @@ def _run_node(node: IntNode, inputs: list[np.ndarray], batched: list[bool], grap
     step = graph.fixed_batch or CHUNK_SAMPLES  # the interpreter's own chunk size
     parts = [KERNELS[node.op](node, [x[lo:lo + step] if b else x for x, b in zip(inputs, batched)], graph, tap)
              for lo in range(0, n, step)]
+    if node.op == "reshape" and parts[0][0].shape[0] != min(step, n):
+        raise _NotBatchFirst(node.name)
     return [np.concatenate(outs) for outs in zip(*parts)]
+
+
+class _NotBatchFirst(Exception):
+    """A reshape turned out to move samples across axis 0: the pass cannot run chunk by chunk."""
 
 
 def _refresh_exactness(node: IntNode, graph: IntegerGraph) -> None:
@@ -101,7 +112,18 @@ def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
         # tensors that leave the batch-first layout (attention's reshapes and transposes) cannot
         # run a chunk of images at a time, and all images at once is too large: analytical only
         return 0
-    targets = channel_means(reference, sorted({n.attrs["preact"] for n in layers}), calibration)
+    saved = {n.name: (n.arrays["bias"].copy(), n.attrs) for n in layers}
+    try:
+        return _correct(graph, layers, calibration, channel_means(
+            reference, sorted({n.attrs["preact"] for n in layers}), calibration))
+    except _NotBatchFirst:
+        for n in layers:  # leave the graph as lowering made it
+            n.arrays["bias"], n.attrs = saved[n.name]
+        return 0
+
+
+def _correct(graph: IntegerGraph, layers: list[IntNode], calibration: CalibrationSet,
+             targets: dict[str, np.ndarray]) -> int:
     interpreter = Interpreter(graph)
     runnable = interpreter.graph  # with the float-fallback evaluators the kernels need
     values: dict[str, np.ndarray] = dict(_integer_inputs(graph, calibration))
