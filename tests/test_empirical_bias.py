@@ -1,7 +1,7 @@
 """Empirical bias correction: after it, every conv/Gemm's mean pre-activation per channel on the
 calibration images equals fp32's to within half a bias step, measured on the integer graph
-itself with all earlier layers corrected; it is a tengine default, an rknn option, and refused
-under the toolkit profile."""
+itself with all earlier layers corrected; it is on by default for rknn and tengine under `best`,
+and refused under the toolkit profile."""
 from __future__ import annotations
 
 import numpy as np
@@ -66,15 +66,16 @@ def test_each_layer_matches_fp32_means_to_half_a_step() -> None:
 
 def test_defaults_per_backend_and_toolkit_refusal() -> None:
     model, calibration = tiny_classifier(), _calibration()
-    rknn = unified.quantize(model, backend="rknn", calibration=calibration, cache=False)
-    rknn_on = unified.quantize(model, backend="rknn", calibration=calibration, cache=False,
-                               empirical_bias_correction=True)
-    changed = [n.name for n, m in zip(rknn.artifact.graph.nodes, rknn_on.artifact.graph.nodes)
-               if "bias" in n.arrays and not np.array_equal(n.arrays["bias"], m.arrays["bias"])]
-    assert changed  # off by default on rknn, and it does move biases when asked for
-    with pytest.raises(BackendError, match="empirical_bias_correction"):
-        unified.quantize(model, backend="tengine", calibration=calibration, cache=False, profile="toolkit",
-                         empirical_bias_correction=True)
+    for backend in ("rknn", "tengine"):
+        default = unified.quantize(model, backend=backend, calibration=calibration, cache=False)
+        off = unified.quantize(model, backend=backend, calibration=calibration, cache=False,
+                               empirical_bias_correction=False)
+        changed = [n.name for n, m in zip(default.artifact.graph.nodes, off.artifact.graph.nodes)
+                   if "bias" in n.arrays and not np.array_equal(n.arrays["bias"], m.arrays["bias"])]
+        assert changed, backend  # on by default under best: the biases differ from the build without it
+        with pytest.raises(BackendError, match="empirical_bias_correction"):
+            unified.quantize(model, backend=backend, calibration=calibration, cache=False, profile="toolkit",
+                             empirical_bias_correction=True)
 
 
 def _with_reshape_head(shape: list[int]) -> onnx.ModelProto:

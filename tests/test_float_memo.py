@@ -67,11 +67,11 @@ def test_rknn_and_tengine_builds_share_the_float_passes(monkeypatch, tiny_calibr
     monkeypatch.setattr(float_stats, "_channel_means", lambda *a, **k: computed.append("means") or means(*a, **k))
     model = tiny_classifier()
     unified.quantize(model, backend="rknn", calibration=tiny_calibration, cache=False)
-    assert computed == ["moments", "means"]
-    qm = unified.quantize(model, backend="tengine", calibration=tiny_calibration, cache=False)
-    # the moments and the input means are reused; only the pre-activation means of tengine's
-    # empirical bias correction are new
+    # layer moments (adaptive rounding), input means (bias correction), pre-activation means
+    # (empirical bias correction)
     assert computed == ["moments", "means", "means"]
+    qm = unified.quantize(model, backend="tengine", calibration=tiny_calibration, cache=False)
+    assert computed == ["moments", "means", "means"]  # all three reused
     float_memo.clear()
     fresh = unified.quantize(model, backend="tengine", calibration=tiny_calibration, cache=False)
     assert computed[3:] == ["moments", "means", "means"]
