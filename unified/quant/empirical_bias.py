@@ -64,8 +64,8 @@ def _batch_first(node: IntNode) -> bool:
         return True
     if node.op in ("concat", "flatten", "softmax"):
         return int(a.get("axis", 1)) > 0
-    if node.op == "float":
-        return a.get("input_rank") == 4
+    if node.op == "float":  # an Identity kept for a graph output's name moves nothing
+        return a.get("input_rank") == 4 or node.source.startswith("Identity")
     return False
 
 
@@ -106,20 +106,24 @@ def _refresh_exactness(node: IntNode, graph: IntegerGraph) -> None:
         node.attrs = {**node.attrs, "requant_f64": exact}
 
 
-def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto,
-                               calibration: CalibrationSet) -> int:
+def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto | None,
+                               calibration: CalibrationSet, targets: dict[str, np.ndarray] | None = None) -> int:
     """Correct, in place, the int32 biases of `graph`'s convs and Gemms so that each layer's mean
     pre-activation per channel on `calibration` equals that of the fp32 `reference` (the float
-    model the graph was lowered from, whose tensor names it keeps). Returns how many layers moved."""
-    layers = [n for n in graph.nodes if _correctable(n)]
+    model the graph was lowered from, whose tensor names it keeps), or the given `targets` (fp32
+    channel means by pre-activation name; layers without one keep their bias). Returns how many
+    layers moved."""
+    layers = [n for n in graph.nodes if _correctable(n) and (targets is None or n.attrs["preact"] in targets)]
     if not layers or len(calibration) == 0 or not all(_batch_first(n) for n in graph.nodes):
         # tensors that leave the batch-first layout (attention's reshapes and transposes) cannot
         # run a chunk of images at a time, and all images at once is too large: analytical only
         return 0
     saved = {n.name: (n.arrays["bias"].copy(), n.attrs) for n in layers}
     try:
-        return _correct(graph, layers, calibration, channel_means(
-            reference, sorted({n.attrs["preact"] for n in layers}), calibration))
+        if targets is None:
+            assert reference is not None
+            targets = channel_means(reference, sorted({n.attrs["preact"] for n in layers}), calibration)
+        return _correct(graph, layers, calibration, targets)
     except _NotBatchFirst:
         for n in layers:  # leave the graph as lowering made it
             n.arrays["bias"], n.attrs = saved[n.name]
@@ -136,7 +140,7 @@ def _correct(graph: IntegerGraph, layers: list[IntNode], calibration: Calibratio
     for i, node in enumerate(runnable.nodes):
         inputs = [values[name] for name in node.inputs]
         flags = [name in batched for name in node.inputs]
-        if _correctable(node):
+        if _correctable(node) and node.attrs["preact"] in targets:
             totals = {"sum": 0.0, "count": 0}
 
             def tap(name: str, kind: str, array: np.ndarray) -> None:

@@ -10,7 +10,8 @@ which is slower than fp32 here and loses accuracy.
 Under `profile="best"` (the default) static quantization adds, before `quantize_static` writes
 the model: adaptive weight rounding onto ORT's own per-channel grid, bias correction, activation
 ranges that minimize each tensor's quantization MSE (passed as `TensorQuantOverrides`; an explicit
-`calibrate_method` keeps ORT's own), and calibrated ranges for internal Softmax outputs.
+`calibrate_method` keeps ORT's own), and calibrated ranges for internal Softmax outputs; after it,
+the empirical bias correction of the written QDQ model (`empirical_bias.py`).
 `profile="toolkit"` is plain `quantize_static`.
 """
 from __future__ import annotations
@@ -159,9 +160,10 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
         extra["TensorQuantOverrides"] = internal_softmax_overrides(model, calibration)
     adaptive = profile.rounding()
     ranges = profile.activation_ranges("calibrate_method")
+    empirical = profile.addition("empirical_bias_correction", best=True, toolkit=False)
+    unrounded = model
     if per_channel and weight == QuantType.QInt8 and (correct or adaptive == "adaptive"):
         qmax = 64 if reduce_range else 127
-        unrounded = model
         if adaptive == "adaptive":
             model = round_weights(model, calibration, symmetric_int8_grid(qmax), centered=correct, per_channel=True)
         if correct:
@@ -180,7 +182,13 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
             activation_type=activation, weight_type=weight, calibrate_method=method,
             nodes_to_exclude=exclude, extra_options=extra,
         )
-        return out.read_bytes()
+        if not empirical:
+            return out.read_bytes()
+        from unified.backends.ort.empirical_bias import correct_qdq_biases
+
+        quantized = onnx.load(str(out))
+        correct_qdq_biases(quantized, unrounded, calibration)
+        return quantized.SerializeToString()
 
 
 def quantize_dynamic_uint8(model: onnx.ModelProto, options: dict[str, Any]) -> bytes:
