@@ -117,3 +117,15 @@ def test_a_reshape_that_moves_samples_leaves_the_biases_alone() -> None:
     for n in graph.nodes:
         if n.name in before:
             np.testing.assert_array_equal(n.arrays["bias"], before[n.name])
+
+
+def test_the_correction_measures_on_the_first_fifty_images() -> None:
+    from unified.quant.empirical_bias import MAX_SAMPLES, measurement_set
+
+    rng = np.random.default_rng(0)
+    images = [rng.normal(0, 1, (1, 3, 4, 4)).astype(np.float32) for _ in range(MAX_SAMPLES + 7)]
+    subset = measurement_set(CalibrationSet(images, "photos"))
+    assert MAX_SAMPLES == 50 and len(subset) == 50
+    assert all(a is b for a, b in zip(subset.tensors, images[:50]))
+    small = CalibrationSet(images[:12], "few")
+    assert measurement_set(small) is small

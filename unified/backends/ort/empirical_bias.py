@@ -24,7 +24,7 @@ from unified.engine.scheme import Scheme
 from unified.graph.float_stats import channel_means
 from unified.graph.qdq_import import split_qdq
 from unified.inputs.calibration import CalibrationSet
-from unified.quant.empirical_bias import _correctable, correct_biases_empirically
+from unified.quant.empirical_bias import _correctable, correct_biases_empirically, measurement_set
 from unified.quant.pipeline import BuildOptions, build_from_qdq
 
 #: the suffix `quantize_static` gives a tensor it renames in front of a QuantizeLinear (graph outputs)
@@ -94,7 +94,7 @@ def correct_qdq_biases(qdq: onnx.ModelProto, reference: onnx.ModelProto, calibra
     names = {k: v for k, v in names.items() if v is not None}
     if not names:
         return 0
-    fp32 = channel_means(reference, sorted(set(names.values())), calibration)
+    fp32 = channel_means(reference, sorted(set(names.values())), measurement_set(calibration))
     before = {n.name: n.arrays["bias"].copy() for n in layers}
     correct_biases_empirically(graph, None, calibration, targets={k: fp32[v] for k, v in names.items()})
     inits = {t.name: t for t in qdq.graph.initializer}
