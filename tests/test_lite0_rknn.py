@@ -34,8 +34,11 @@ def test_default_keeps_94_percent_of_fp32_decisions(rknn_default, eval_batch, li
 
 
 def test_layer_weights_lose_more_than_channel(lite0, calib_crops, eval_batch, lite0_fp32_logits, rknn_default) -> None:
+    # RKNN's own per-tensor min-max: none of unified's additions (the empirical bias correction
+    # alone lifts it to about 75%)
     layer = unified.quantize(lite0, backend="rknn", calibration=calib_crops, quantized_algorithm="normal",
-                             quantized_method="layer", bias_correction=False, rounding="nearest")
+                             quantized_method="layer", bias_correction=False, rounding="nearest",
+                             empirical_bias_correction=False)
     subset = slice(0, 100)
     a_layer = _agreement(layer, eval_batch[subset], lite0_fp32_logits[subset])
     a_channel = _agreement(rknn_default, eval_batch[subset], lite0_fp32_logits[subset])
