@@ -129,3 +129,21 @@ def test_the_correction_measures_on_the_first_fifty_images() -> None:
     assert all(a is b for a, b in zip(subset.tensors, images[:50]))
     small = CalibrationSet(images[:12], "few")
     assert measurement_set(small) is small
+
+
+def test_a_transpose_that_keeps_the_images_first_keeps_the_correction() -> None:
+    """A Transpose with perm[0] == 0 (ShuffleNet's channel shuffle, a spatial swap) moves nothing
+    across images: the correction runs through it."""
+    model, calibration = tiny_classifier(), _calibration()
+    nodes = list(model.graph.node)
+    i = next(k for k, n in enumerate(nodes) if n.name == "relu1")
+    nodes.insert(i + 1, helper.make_node("Transpose", ["r1"], ["r1t"], name="swap_hw", perm=[0, 1, 3, 2]))
+    for n in nodes[i + 2:]:
+        n.input[:] = ["r1t" if x == "r1" else x for x in n.input]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    corrected = unified.quantize(model, backend="tengine", calibration=calibration, cache=False)
+    assert "transpose" in {n.op for n in corrected.artifact.graph.nodes}
+    for name, error in _mean_errors(corrected, model, calibration).items():
+        assert error.max() <= 0.5 + 1e-6, (name, error)

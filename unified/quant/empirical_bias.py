@@ -61,23 +61,25 @@ BATCH_FIRST_OPS = {"conv", "conv_add", "conv_transpose", "add", "mul", "clamp", 
                    "maxpool", "avgpool", "global_avg", "upsample_nearest", "const"}
 
 
+#: kernels that keep the images on axis 0 for some attributes and inputs only (a classifier head's
+#: `x.view(-1, C)`, ShuffleNet's channel shuffle, a Slice along channels, a float-fallback Resize):
+#: `_run_node` checks each chunk's output on the arrays, and one that moves samples across axis 0
+#: (or fails on a chunk) stops the pass, leaving the biases as lowering made them
+CHECKED_OPS = {"reshape", "slice", "squeeze", "unsqueeze", "split", "float"}
+
+
 def _batch_first(node: IntNode) -> bool:
     """Whether `node` keeps images on axis 0 (concat, flatten and softmax away from axis 0; a Gemm
-    on (N, C); a float-fallback node on NCHW maps; a Reshape that keeps axis 0 as it is, such as a
-    classifier head's `x.view(-1, C)`, which `_run_node` checks on the actual arrays)."""
+    on (N, C); a transpose that leaves axis 0 first), or may and is checked as it runs."""
     a = node.attrs
     if node.op == "gemm":
         return a.get("input_rank") == 2
-    if node.op == "reshape":
-        shape = list(a["shape"])
-        keeps_axis0 = shape[0] == 0 and not a.get("allowzero")
-        return bool(shape) and (keeps_axis0 or (shape[0] == -1 and all(d > 0 for d in shape[1:])))
-    if node.op in BATCH_FIRST_OPS:
+    if node.op in BATCH_FIRST_OPS or node.op in CHECKED_OPS:
         return True
+    if node.op == "transpose":
+        return list(a["perm"])[:1] == [0]
     if node.op in ("concat", "flatten", "softmax"):
         return int(a.get("axis", 1)) > 0
-    if node.op == "float":  # an Identity kept for a graph output's name moves nothing
-        return a.get("input_rank") == 4 or node.source.startswith("Identity")
     return False
 
 
@@ -98,15 +100,24 @@ def _run_node(node: IntNode, inputs: list[np.ndarray], batched: list[bool], grap
     if n is None:
         return KERNELS[node.op](node, inputs, graph, tap)
     step = graph.fixed_batch or CHUNK_SAMPLES  # the interpreter's own chunk size
-    parts = [KERNELS[node.op](node, [x[lo:lo + step] if b else x for x, b in zip(inputs, batched)], graph, tap)
-             for lo in range(0, n, step)]
-    if node.op == "reshape" and parts[0][0].shape[0] != min(step, n):
-        raise _NotBatchFirst(node.name)
+    parts = []
+    for lo in range(0, n, step):
+        chunk = [x[lo:lo + step] if b else x for x, b in zip(inputs, batched)]
+        if node.op not in CHECKED_OPS:
+            parts.append(KERNELS[node.op](node, chunk, graph, tap))
+            continue
+        try:
+            outs = KERNELS[node.op](node, chunk, graph, tap)
+        except Exception as exc:  # e.g. a Reshape or Resize to a fixed batch of 1
+            raise _NotBatchFirst(node.name) from exc
+        if any(o.ndim == 0 or o.shape[0] != min(step, n - lo) for o in outs):
+            raise _NotBatchFirst(node.name)
+        parts.append(outs)
     return [np.concatenate(outs) for outs in zip(*parts)]
 
 
 class _NotBatchFirst(Exception):
-    """A reshape turned out to move samples across axis 0: the pass cannot run chunk by chunk."""
+    """A node turned out to move samples across axis 0: the pass cannot run chunk by chunk."""
 
 
 def _refresh_exactness(node: IntNode, graph: IntegerGraph) -> None:
