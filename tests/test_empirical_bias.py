@@ -10,17 +10,13 @@ import pytest
 from onnx import helper, numpy_helper
 
 import unified
+from tests.helpers import normal_calibration
 from unified.consistency.tiny_models import tiny_classifier
 from unified.core.errors import BackendError
 from unified.graph.float_stats import channel_means
 from unified.graph.prepare import prepare
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.empirical_bias import _correctable
-
-
-def _calibration() -> list[np.ndarray]:
-    rng = np.random.default_rng(4)
-    return [rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(12)]
 
 
 def _mean_errors(qm, model, calibration) -> dict[str, np.ndarray]:
@@ -47,7 +43,7 @@ def _mean_errors(qm, model, calibration) -> dict[str, np.ndarray]:
 
 
 def test_each_layer_matches_fp32_means_to_half_a_step() -> None:
-    model, calibration = tiny_classifier(), _calibration()
+    model, calibration = tiny_classifier(), normal_calibration()
     corrected = unified.quantize(model, backend="tengine", calibration=calibration, cache=False)
     plain = unified.quantize(model, backend="tengine", calibration=calibration, cache=False,
                              empirical_bias_correction=False)
@@ -65,7 +61,7 @@ def test_each_layer_matches_fp32_means_to_half_a_step() -> None:
 
 
 def test_defaults_per_backend_and_toolkit_refusal() -> None:
-    model, calibration = tiny_classifier(), _calibration()
+    model, calibration = tiny_classifier(), normal_calibration()
     for backend in ("rknn", "tengine"):
         default = unified.quantize(model, backend=backend, calibration=calibration, cache=False)
         off = unified.quantize(model, backend=backend, calibration=calibration, cache=False,
@@ -94,7 +90,7 @@ def _with_reshape_head(shape: list[int]) -> onnx.ModelProto:
 def test_a_classifier_head_reshape_keeps_the_correction() -> None:
     """A head that flattens with Reshape(-1, C) keeps every sample on axis 0, so the correction
     runs (it used to refuse every graph holding a Reshape: torch-exported classifiers lost it)."""
-    model, calibration = _with_reshape_head([-1, 8]), _calibration()
+    model, calibration = _with_reshape_head([-1, 8]), normal_calibration()
     corrected = unified.quantize(model, backend="tengine", calibration=calibration, cache=False)
     for name, error in _mean_errors(corrected, model, calibration).items():
         assert error.max() <= 0.5 + 1e-6, (name, error)
@@ -106,7 +102,7 @@ def test_a_reshape_that_moves_samples_leaves_the_biases_alone() -> None:
     from unified.engine.integer_graph import IntegerGraph
     from unified.quant.empirical_bias import correct_biases_empirically
 
-    model, calibration = _with_reshape_head([-1, 4]), _calibration()
+    model, calibration = _with_reshape_head([-1, 4]), normal_calibration()
     fc_w = next(t for t in model.graph.initializer if t.name == "fc_w")  # (10, 4) for the (2N, 4) rows
     fc_w.CopyFrom(numpy_helper.from_array(np.random.default_rng(2).normal(0, 0.5, (10, 4)).astype(np.float32), "fc_w"))
     plain = unified.quantize(model, backend="tengine", calibration=calibration, cache=False,
@@ -134,7 +130,7 @@ def test_the_correction_measures_on_the_first_fifty_images() -> None:
 def test_a_transpose_that_keeps_the_images_first_keeps_the_correction() -> None:
     """A Transpose with perm[0] == 0 (ShuffleNet's channel shuffle, a spatial swap) moves nothing
     across images: the correction runs through it."""
-    model, calibration = tiny_classifier(), _calibration()
+    model, calibration = tiny_classifier(), normal_calibration()
     nodes = list(model.graph.node)
     i = next(k for k, n in enumerate(nodes) if n.name == "relu1")
     nodes.insert(i + 1, helper.make_node("Transpose", ["r1"], ["r1t"], name="swap_hw", perm=[0, 1, 3, 2]))

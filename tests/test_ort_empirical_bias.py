@@ -10,17 +10,13 @@ import pytest
 from onnx import numpy_helper
 
 import unified
+from tests.helpers import normal_calibration
 from unified.backends.ort.empirical_bias import _bias_initializers, _fp32_name
 from unified.consistency.tiny_models import tiny_classifier
 from unified.core.errors import BackendError
 from unified.graph.float_stats import channel_means
 from unified.graph.prepare import prepare
 from unified.inputs.calibration import CalibrationSet
-
-
-def _calibration() -> list[np.ndarray]:
-    rng = np.random.default_rng(4)
-    return [rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(12)]
 
 
 def _errors_in_steps(qm, model: onnx.ModelProto, calibration: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -41,7 +37,7 @@ def _errors_in_steps(qm, model: onnx.ModelProto, calibration: list[np.ndarray]) 
 
 
 def test_means_match_fp32_and_only_biases_change() -> None:
-    model, calibration = tiny_classifier(), _calibration()
+    model, calibration = tiny_classifier(), normal_calibration()
     corrected = unified.quantize(model, backend="ort", calibration=calibration, cache=False)
     plain = unified.quantize(model, backend="ort", calibration=calibration, cache=False,
                              empirical_bias_correction=False)
@@ -60,5 +56,5 @@ def test_means_match_fp32_and_only_biases_change() -> None:
 
 def test_refused_under_the_toolkit_profile() -> None:
     with pytest.raises(BackendError, match="empirical_bias_correction"):
-        unified.quantize(tiny_classifier(), backend="ort", calibration=_calibration(), cache=False,
+        unified.quantize(tiny_classifier(), backend="ort", calibration=normal_calibration(), cache=False,
                          profile="toolkit", empirical_bias_correction=True)
