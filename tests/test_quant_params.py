@@ -41,14 +41,40 @@ def test_one_table_of_integer_ranges() -> None:
         QuantParams(1.0, 0, "int4")
 
 
-def test_rknn_kl_keeps_a_dense_relu6_range_as_the_toolkit_does() -> None:
-    """RKNN-Toolkit2 gives a [0, 6] ReLU6 output exactly 6 * 2047 / 2048 (read off its table)."""
-    from unified.quant.ranges import BINS, Histogram, kl_rknn
+def _rknn_histogram(x: np.ndarray):
+    from unified.quant.ranges import Histogram
 
-    h = Histogram(0.0, 6.0)
-    h.add(np.linspace(0.0, 6.0, 200_000, dtype=np.float32))
-    lo, hi = kl_rknn(h, 256)
-    assert lo == 0.0 and hi == 6.0 * (BINS - 1) / BINS == 5.9970703125
+    x = x.astype(np.float32)
+    h = Histogram(min(float(x.min()), 0.0), max(float(x.max()), 0.0), observed_lo=float(x.min()),
+                  observed_hi=float(x.max()), binning="nonzero")
+    h.add(x)
+    return h
+
+
+def test_rknn_kl_keeps_a_dense_relu6_range_as_the_toolkit_does() -> None:
+    """RKNN-Toolkit2 gives a [0, 6] ReLU6 output exactly 1023.5 * 6 / 1024 (its tables, and its own
+    KL function on these values)."""
+    from unified.quant.ranges import kl_rknn
+
+    lo, hi = kl_rknn(_rknn_histogram(np.linspace(0.0, 6.0, 200_000)), 256)
+    assert lo == 0.0 and hi == 5.9970703125
+
+
+def test_rknn_kl_leaves_zeros_out_and_keeps_min_max_below_4096_values() -> None:
+    """Half a ReLU output is exact zeros: counting them in the first bin pulled the threshold
+    down to a third of the toolkit's. Thresholds are bin centres of 1024 bins of [0, max|x|]."""
+    from unified.quant.ranges import kl_rknn
+
+    rng = np.random.default_rng(0)
+    relu = np.maximum(rng.normal(size=100_000), 0).astype(np.float32)
+    with_zeros, without = kl_rknn(_rknn_histogram(relu), 256), kl_rknn(_rknn_histogram(relu[relu > 0]), 256)
+    assert with_zeros[1] == pytest.approx(without[1], rel=1e-6)
+    bin_width = float(relu.max()) / 1024
+    assert (with_zeros[1] / bin_width - 0.5) == pytest.approx(round(with_zeros[1] / bin_width - 0.5), abs=1e-3)
+    assert 0.8 * relu.max() < with_zeros[1] < relu.max()   # the toolkit: 4.152 of 4.732 on these values
+    few = rng.exponential(1.0, 4095).astype(np.float32)    # the toolkit keeps min-max; from 4096 on it clips
+    assert kl_rknn(_rknn_histogram(few), 256) == (0.0, float(few.max()))
+    assert kl_rknn(_rknn_histogram(np.append(few, 1.0)), 256)[1] < float(few.max())
 
 
 def test_abs_histogram_spreads_each_bin_over_the_absolute_bins() -> None:
@@ -66,8 +92,6 @@ def test_rknn_kl_clips_a_long_tail_symmetrically_within_the_observed_range() -> 
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.laplace(0, 1, 200_000), [-30.0, 12.0]]).astype(np.float32)
-    h = Histogram(float(x.min()), float(x.max()))
-    h.add(x)
-    lo, hi = kl_rknn(h, 256)
+    lo, hi = kl_rknn(_rknn_histogram(x), 256)
     assert -30.0 < lo < 0 < hi <= 12.0
     assert lo == -hi or hi == 12.0                      # one threshold T on |x|, cut by the observed max
