@@ -58,3 +58,19 @@ def test_refused_under_the_toolkit_profile() -> None:
     with pytest.raises(BackendError, match="empirical_bias_correction"):
         unified.quantize(tiny_classifier(), backend="ort", calibration=normal_calibration(), cache=False,
                          profile="toolkit", empirical_bias_correction=True)
+
+
+def test_a_model_the_engine_cannot_take_keeps_ort_biases_and_says_so(monkeypatch) -> None:
+    import unified.backends.ort.empirical_bias as ort_bias
+    from unified.core.errors import ModelError
+
+    def refuse(*args, **kwargs):
+        raise ModelError("node 'x' (op 'Foo'): not expressible")
+
+    monkeypatch.setattr(ort_bias, "build_from_qdq", refuse)
+    model, calibration = tiny_classifier(), normal_calibration()
+    with pytest.warns(ort_bias.BiasCorrectionSkippedWarning, match="op 'Foo'"):
+        corrected = unified.quantize(model, backend="ort", calibration=calibration, cache=False)
+    plain = unified.quantize(model, backend="ort", calibration=calibration, cache=False,
+                             empirical_bias_correction=False)
+    assert corrected.artifact.model_bytes == plain.artifact.model_bytes

@@ -129,6 +129,24 @@ def _refresh_exactness(node: IntNode, graph: IntegerGraph) -> None:
         node.attrs = {**node.attrs, "requant_f64": exact}
 
 
+class _AccumulatorMeans:
+    """A tap for one layer: the mean of its int32 accumulators per output channel, over every
+    image and position the layer computes."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | float = 0.0
+        self.count = 0
+
+    def __call__(self, name: str, kind: str, array: np.ndarray) -> None:
+        if kind == "accumulator":  # (N, C, ...) int32 sums including the bias
+            axes = (0,) + tuple(range(2, array.ndim))
+            self.total = self.total + array.astype(np.float64).sum(axis=axes)
+            self.count += array.size // array.shape[1]
+
+    def mean(self) -> np.ndarray:
+        return np.asarray(self.total) / max(self.count, 1)
+
+
 def correct_biases_empirically(graph: IntegerGraph, reference: onnx.ModelProto | None,
                                calibration: CalibrationSet, targets: dict[str, np.ndarray] | None = None) -> int:
     """Correct, in place, the int32 biases of `graph`'s convs and Gemms so that each layer's mean
@@ -165,17 +183,10 @@ def _correct(graph: IntegerGraph, layers: list[IntNode], calibration: Calibratio
         inputs = [values[name] for name in node.inputs]
         flags = [name in batched for name in node.inputs]
         if _correctable(node) and node.attrs["preact"] in targets:
-            totals = {"sum": 0.0, "count": 0}
-
-            def tap(name: str, kind: str, array: np.ndarray) -> None:
-                if kind == "accumulator":  # (N, C, ...) int32 sums including the bias
-                    axes = (0,) + tuple(range(2, array.ndim))
-                    totals["sum"] = totals["sum"] + array.astype(np.float64).sum(axis=axes)
-                    totals["count"] += array.size // array.shape[1]
-
-            _run_node(node, inputs, flags, runnable, tap)
+            accumulators = _AccumulatorMeans()
+            _run_node(node, inputs, flags, runnable, accumulators)
             bias_scale = graph.tensors[node.inputs[0]].scale * node.arrays["w_scale"].astype(np.float64)
-            measured = totals["sum"] / max(totals["count"], 1) * bias_scale
+            measured = accumulators.mean() * bias_scale
             step = graph.rounding.round((measured - targets[node.attrs["preact"]]) / bias_scale).astype(np.int64)
             if np.any(step):
                 node.arrays["bias"] = np.clip(node.arrays["bias"] - step, -(2**31), 2**31 - 1).astype(np.int64)

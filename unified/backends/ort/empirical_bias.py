@@ -13,6 +13,8 @@ from ORT's float one by a rounding now and then, which does not move a channel's
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -77,6 +79,10 @@ def _bias_initializers(qdq: onnx.ModelProto) -> dict[str, str]:
     return found
 
 
+class BiasCorrectionSkippedWarning(UserWarning):
+    """ORT's QDQ model could not be imported onto the engine, so its biases were not corrected."""
+
+
 def correct_qdq_biases(qdq: onnx.ModelProto, reference: onnx.ModelProto, calibration: CalibrationSet) -> int:
     """Correct, in place, the int32 biases of `qdq` (ORT's static QDQ model of `reference`, the
     fp32 model it was quantized from) so that each Conv/Gemm's mean pre-activation per channel on
@@ -86,7 +92,10 @@ def correct_qdq_biases(qdq: onnx.ModelProto, reference: onnx.ModelProto, calibra
         return 0
     try:  # every tensor's params from the QDQ model itself: no calibration pass
         graph, _ = build_from_qdq(split_qdq(qdq), None, OrtQdqScheme(), BuildOptions())
-    except UnifiedError:  # a graph the engine cannot take as it is: ORT's model stays as written
+    except UnifiedError as exc:  # a graph the engine cannot take as it is: ORT's model stays as written
+        warnings.warn(f"ort: empirical bias correction skipped, the integer engine cannot take this QDQ model "
+                      f"({str(exc)[:200]}); its biases stay as quantize_static wrote them "
+                      f"(empirical_bias_correction=False silences this)", BiasCorrectionSkippedWarning, stacklevel=2)
         return 0
     producer = {o: n for n in reference.graph.node for o in n.output}
     layers = [n for n in graph.nodes if _correctable(n) and n.attrs["preact"] in biases]
