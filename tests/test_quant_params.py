@@ -46,7 +46,7 @@ def _rknn_histogram(x: np.ndarray):
 
     x = x.astype(np.float32)
     h = Histogram(min(float(x.min()), 0.0), max(float(x.max()), 0.0), observed_lo=float(x.min()),
-                  observed_hi=float(x.max()), binning="nonzero")
+                  observed_hi=float(x.max()), binning="rknn_abs")
     h.add(x)
     return h
 
@@ -61,8 +61,8 @@ def test_rknn_kl_keeps_a_dense_relu6_range_as_the_toolkit_does() -> None:
 
 
 def test_rknn_kl_leaves_zeros_out_and_keeps_min_max_below_4096_values() -> None:
-    """Half a ReLU output is exact zeros: counting them in the first bin pulled the threshold
-    down to a third of the toolkit's. Thresholds are bin centres of 1024 bins of [0, max|x|]."""
+    """Half a ReLU output is exact zeros: counting them pulled the threshold down to a third of
+    the toolkit's. Thresholds are bin centres of 1024 bins of [0, max|x|]."""
     from unified.quant.ranges import kl_rknn
 
     rng = np.random.default_rng(0)
@@ -77,14 +77,22 @@ def test_rknn_kl_leaves_zeros_out_and_keeps_min_max_below_4096_values() -> None:
     assert kl_rknn(_rknn_histogram(np.append(few, 1.0)), 256)[1] < float(few.max())
 
 
-def test_abs_histogram_spreads_each_bin_over_the_absolute_bins() -> None:
-    from unified.quant.ranges import BINS, Histogram, abs_histogram
+@pytest.mark.parametrize("counts, target, size, divergence", [
+    ([1, 1, 1], 2, 2, 5.503746),          # no remainder: the last chunk stays empty (eps)
+    ([1, 2, 3], 2, 2, 7.224739),
+    ([1, 0, 3, 4], 2, 3, 7.682221),
+    ([1, 2, 3, 4, 5], 2, 4, 7.308232),
+    ([1, 1, 1, 1, 1, 1, 1], 2, 5, 3.965815),  # 6 would win if the last chunk were spread over all its bins
+    ([2, 1, 1, 0, 0], 2, 4, 2.057327),
+])
+def test_rknn_kl_search_reproduces_the_toolkit_on_small_histograms(counts, target, size, divergence) -> None:
+    """(size, divergence) pairs returned by RKNN-Toolkit2's own `calc_kl` on these histograms; the
+    first one by hand: P = [1, 2] / 3, Q = [1, eps] smoothed -> 1/3 ln(1/3) + 2/3 ln(2/3 / 1e-4)."""
+    from unified.quant.ranges import _kl_threshold_rknn, _rknn_kl_divergence
 
-    h = Histogram(-1.0, 1.0)
-    h.counts[:] = 1.0                                  # uniform mass on [-1, 1]
-    counts = abs_histogram(h, 1.0)
-    assert counts.shape == (BINS,) and np.allclose(counts, 1.0)    # uniform on [0, 1], no empty bins
-    assert counts.sum() == pytest.approx(BINS)
+    counts = np.array(counts, np.float64)
+    assert _kl_threshold_rknn(counts, target) == size
+    assert _rknn_kl_divergence(counts, size, target) == pytest.approx(divergence, rel=2e-6)
 
 
 def test_rknn_kl_clips_a_long_tail_symmetrically_within_the_observed_range() -> None:

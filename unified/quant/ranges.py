@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BINS = 2048
+#: RKNN-Toolkit2's KL: |x| histogram bins, merged chunks, and the fewest non-zero values it clips
+RKNN_KL_BINS = 1024
+RKNN_KL_TARGET = 128
+RKNN_KL_MIN_VALUES = 4096
 
 
 @dataclass
@@ -37,15 +41,18 @@ class Histogram:
     observed_hi: float = 0.0
     #: elements per sample (Tengine's ACIQ uses the tensor's element count at batch 1)
     sample_size: int = 0
-    #: "uniform" (BINS bins over [lo, hi]), "nonzero" (the same, exact zeros not counted, as
-    #: RKNN-Toolkit2's KL leaves them out) or "tengine" (Tengine's histCount over the observed range)
+    #: "uniform" (BINS bins over [lo, hi]), "rknn_abs" (RKNN-Toolkit2's KL histogram: |x| in
+    #: RKNN_KL_BINS bins of [0, max|x|), held in the first RKNN_KL_BINS counts) or "tengine"
+    #: (Tengine's histCount over the observed range)
     binning: str = "uniform"
-    #: values counted in `counts` (fewer than `total` when zeros are left out)
-    counted: int = 0
+    #: non-zero values seen (RKNN's KL keeps min-max below RKNN_KL_MIN_VALUES of them)
+    nonzero: int = 0
 
     def add(self, x: np.ndarray) -> None:
         flat = x.reshape(-1)
-        if self.binning == "tengine":
+        if self.binning == "rknn_abs":
+            self._add_rknn_abs(flat)
+        elif self.binning == "tengine":
             from unified.quant.tengine_ranges import hist_count
 
             self.counts += hist_count(flat, self.observed_lo, self.observed_hi)
@@ -53,17 +60,19 @@ class Histogram:
             # uniform bins: index arithmetic + bincount, ~10x faster than np.histogram
             idx = ((flat - np.float32(self.lo)) * np.float32(BINS / (self.hi - self.lo))).astype(np.int32)
             np.clip(idx, 0, BINS - 1, out=idx)
-            counts = np.bincount(idx, minlength=BINS)
-            if self.binning == "nonzero":
-                zeros = int(np.count_nonzero(flat == 0))
-                zero_bin = int((np.float32(0.0) - np.float32(self.lo)) * np.float32(BINS / (self.hi - self.lo)))
-                counts[min(max(zero_bin, 0), BINS - 1)] -= zeros
-                self.counted += flat.size - zeros
-            else:
-                self.counted += flat.size
-            self.counts += counts
+            self.counts += np.bincount(idx, minlength=BINS)
         self.total += flat.size
         self.sum += float(flat.sum(dtype=np.float64))
+
+    def _add_rknn_abs(self, flat: np.ndarray) -> None:
+        """|x| in float64 binned as the toolkit's `fast_histogram.histogram1d(|x|, 1024, (0, amax))`
+        does it: floor(|x| * bins / amax), the right edge excluded (so max|x| itself is not counted)."""
+        amax = max(abs(self.lo), abs(self.hi))
+        magnitudes = np.abs(flat).astype(np.float64)
+        self.nonzero += int(np.count_nonzero(magnitudes))
+        if amax > 0:
+            idx = (magnitudes * (RKNN_KL_BINS / amax)).astype(np.int64)
+            self.counts[:RKNN_KL_BINS] += np.bincount(idx[idx < RKNN_KL_BINS], minlength=RKNN_KL_BINS)[:RKNN_KL_BINS]
 
     @property
     def edges(self) -> np.ndarray:
@@ -155,74 +164,65 @@ def aciq(h: Histogram, levels: int) -> tuple[float, float]:
     return max(h.lo, -alpha), min(h.hi, alpha)
 
 
-RKNN_KL_BINS = 1024
-RKNN_KL_TARGET = 128
-RKNN_KL_MIN_VALUES = 4096
-
-
 def _smoothed(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    """The usual KL smoothing (MXNet's): eps into empty bins, taken evenly from the others."""
+    """MXNet's KL smoothing: eps into empty bins, taken evenly from the others (on raw counts)."""
     empty = p == 0
     filled = p.size - int(empty.sum())
     return np.where(empty, eps, p - eps * (p.size - filled) / max(filled, 1))
 
 
-def _kl_threshold_rknn(abs_counts: np.ndarray, target: int = RKNN_KL_TARGET) -> int:
-    """The number of |x| bins L (target < L <= bins) whose clipped histogram P (the mass beyond
-    folded into its last bin) is closest in KL divergence to Q: P merged into `target` chunks of
-    L // target bins (the last takes the rest), each chunk's mass spread over its non-empty bins;
-    both smoothed. The threshold is the centre of bin L - 1."""
-    counts = abs_counts.astype(np.float64)
-    bins = len(counts)
-    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
-    best_kl, best = np.inf, bins
-    for size in range(target + 1, bins + 1):
-        p = counts[:size].copy()
-        p[-1] += tail[size]
-        width = size // target
-        edge = width * target
-        chunk_mass = counts[:edge].reshape(target, width).sum(1)
-        chunk_mass[-1] += counts[edge:size].sum()
-        filled = (p > 0)
-        chunk_filled = filled[:edge].reshape(target, width).sum(1)
-        chunk_filled[-1] += filled[edge:size].sum()
-        per_bin = np.where(chunk_filled > 0, chunk_mass / np.maximum(chunk_filled, 1), 0.0)
-        q = np.concatenate([np.repeat(per_bin, width), np.full(size - edge, per_bin[-1])])
-        q[~filled] = 0.0
-        if not filled.any() or q.sum() <= 0:
-            continue
-        ps, qs = _smoothed(p), _smoothed(q)
-        ps, qs = ps / ps.sum(), qs / qs.sum()
-        value = float(np.sum(ps * np.log(ps / qs)))
-        if value < best_kl:
-            best_kl, best = value, size
-    return best
+def _rknn_kl_divergence(counts: np.ndarray, size: int, target: int) -> float:
+    """KL(P || Q) of one candidate, as the toolkit's `calc_kl` computes it (checked value for value
+    on hand-made histograms): P the first `size` bins with the rest folded into its last; Q the
+    bins merged into `target` chunks of size // target, each chunk's mass spread evenly over its
+    non-empty bins and, unlike MXNet, also written into its empty ones; the last chunk (which also
+    takes the remainder) is spread over all but the last bin, and is left empty when there is no
+    remainder; both smoothed, then normalized."""
+    p = counts[:size].copy()
+    p[-1] += counts[size:].sum()
+    filled = p != 0
+    width = size // target
+    edge = width * target
+    chunk_mass = counts[:edge].reshape(target, width).sum(1)
+    chunk_mass[-1] += counts[edge:size].sum()
+    chunk_filled = filled[:edge].reshape(target, width).sum(1)
+    per_bin = np.where(chunk_filled > 0, chunk_mass / np.maximum(chunk_filled, 1), 0.0)
+    q = np.zeros(size)
+    last = (target - 1) * width
+    q[:last] = np.repeat(per_bin[:-1], width)
+    if size > edge:
+        spread = int(filled[last:size - 1].sum())
+        q[last:size - 1] = chunk_mass[-1] / spread if spread else 0.0
+    if not filled.any() or not (q != 0).any():
+        return np.inf
+    ps, qs = _smoothed(p), _smoothed(q)
+    ps, qs = ps / ps.sum(), qs / qs.sum()
+    return float(np.sum(ps * np.log(ps / qs)))
 
 
-def abs_histogram(h: Histogram, amax: float, bins: int = BINS) -> np.ndarray:
-    """Counts of |x| over `bins` bins of [0, amax], from the signed histogram with its mass spread
-    uniformly inside each bin: |x| <= t holds the mass of [-t, t]. (Putting each signed bin at its
-    centre leaves every other |x| bin empty when the signed range spans both signs, and the KL
-    search then prefers short thresholds.)"""
-    cumulative = np.concatenate([[0.0], np.cumsum(h.counts)])
-    signed = lambda t: np.interp(t, h.edges, cumulative)  # noqa: E731  mass below t
-    t = np.linspace(0.0, amax, bins + 1)
-    return np.diff(signed(t) - signed(-t))
+def _kl_threshold_rknn(counts: np.ndarray, target: int = RKNN_KL_TARGET) -> int:
+    """The candidate size (target <= size < len(counts)) of least divergence, the first on ties.
+    Divergences are compared at float32 precision, as the toolkit's C search holds them: runs of
+    candidates whose divergence differs only in float64's last digits (a histogram with empty
+    bins gives such plateaus) tie there, and the first of the run wins, as in the toolkit."""
+    counts = counts.astype(np.float64)
+    values = np.array([_rknn_kl_divergence(counts, size, target) for size in range(target, len(counts))], np.float32)
+    return target + int(np.argmin(values))
 
 
 def kl_rknn(h: Histogram, levels: int) -> tuple[float, float]:
     """RKNN-Toolkit2's `kl_divergence`, as its quantizer computes it on all calibration values of
-    a tensor at once (checked against the toolkit's own function on synthetic tensors and against
-    its tables): a histogram of the non-zero |x| in 1024 bins of [0, max|x|]; the entropy search
-    above (128 merged chunks, thresholds from bin 129 on); T the centre of the chosen last bin,
-    so a dense [0, 6] ReLU6 output gets 1023.5 * 6 / 1024 = 5.9970703125. The range is
-    [max(min, -T), min(max, T)]. A tensor with fewer than 4096 non-zero values keeps its min-max.
-    Needs a histogram with `binning="nonzero"`."""
+    a tensor at once (its Python steps observed on the toolkit itself, its C search checked value
+    for value): |x| in 1024 bins of [0, max|x|) (needs a histogram with `binning="rknn_abs"`);
+    bin 0 dropped, which leaves the zeros out; the search above on the other 1023 from 128
+    candidates on; T = (chosen size + 1.5) bin widths, so a dense [0, 6] ReLU6 output gets
+    1023.5 * 6 / 1024 = 5.9970703125, as its tables show. The range is [max(min, -T), min(max, T)].
+    A tensor with fewer than 4096 non-zero values keeps its min-max."""
     amax = max(abs(h.lo), abs(h.hi))
-    if amax <= 0 or h.counted < RKNN_KL_MIN_VALUES:
+    if amax <= 0 or h.nonzero < RKNN_KL_MIN_VALUES:
         return h.lo, h.hi
-    size = _kl_threshold_rknn(abs_histogram(h, amax, RKNN_KL_BINS))
-    threshold = (size - 0.5) * amax / RKNN_KL_BINS
+    size = _kl_threshold_rknn(h.counts[1:RKNN_KL_BINS])
+    threshold = (size + 1.5) * amax / RKNN_KL_BINS
     return max(h.lo, -threshold), min(h.hi, threshold)
 
 
@@ -246,7 +246,7 @@ def aciq_tengine(h: Histogram, levels: int) -> tuple[float, float]:
 ESTIMATORS = {"minmax": minmax, "percentile": percentile, "mse": mse, "kl": kl, "kl_rknn": kl_rknn, "aciq": aciq,
               "kl_tengine": kl_tengine, "aciq_tengine": aciq_tengine}
 #: estimators that read a histogram binned their own way
-BINNING = {"kl_tengine": "tengine", "kl_rknn": "nonzero"}
+BINNING = {"kl_tengine": "tengine", "kl_rknn": "rknn_abs"}
 #: estimators that need only the extremes (no second, histogram pass)
 EXTREMES_ONLY = {"minmax", "aciq_tengine"}
 
