@@ -60,7 +60,7 @@ def test_rknn_kl_keeps_a_dense_relu6_range_as_the_toolkit_does() -> None:
     assert lo == 0.0 and hi == 5.9970703125
 
 
-def test_rknn_kl_leaves_zeros_out_and_keeps_min_max_below_4096_values() -> None:
+def test_rknn_kl_leaves_zeros_out() -> None:
     """Half a ReLU output is exact zeros: counting them pulled the threshold down to a third of
     the toolkit's. Thresholds are bin centres of 1024 bins of [0, max|x|]."""
     from unified.quant.ranges import kl_rknn
@@ -72,9 +72,15 @@ def test_rknn_kl_leaves_zeros_out_and_keeps_min_max_below_4096_values() -> None:
     bin_width = float(relu.max()) / 1024
     assert (with_zeros[1] / bin_width - 0.5) == pytest.approx(round(with_zeros[1] / bin_width - 0.5), abs=1e-3)
     assert 0.8 * relu.max() < with_zeros[1] < relu.max()   # the toolkit: 4.152 of 4.732 on these values
-    few = rng.exponential(1.0, 4095).astype(np.float32)    # the toolkit keeps min-max; from 4096 on it clips
-    assert kl_rknn(_rknn_histogram(few), 256) == (0.0, float(few.max()))
-    assert kl_rknn(_rknn_histogram(np.append(few, 1.0)), 256)[1] < float(few.max())
+
+
+def test_rknn_kl_clips_a_small_sample_when_a_threshold_fits() -> None:
+    """4095 values on [0, 1] and one at 5: the toolkit's own function gives 1.00830078125
+    (= 206.5 * 5 / 1024); only the divergence bound, not the sample size, makes it keep min-max."""
+    from unified.quant.ranges import kl_rknn
+
+    x = np.append(np.random.default_rng(0).uniform(0, 1, 5000).astype(np.float32)[:4094], np.float32(5.0))
+    assert kl_rknn(_rknn_histogram(x), 256)[1] == 1.00830078125
 
 
 @pytest.mark.parametrize("counts, target, size, divergence", [
@@ -91,8 +97,19 @@ def test_rknn_kl_search_reproduces_the_toolkit_on_small_histograms(counts, targe
     from unified.quant.ranges import _kl_threshold_rknn, _rknn_kl_divergence
 
     counts = np.array(counts, np.float64)
-    assert _kl_threshold_rknn(counts, target) == size
+    assert _kl_threshold_rknn(counts, target)[0] == size
     assert _rknn_kl_divergence(counts, size, target) == pytest.approx(divergence, rel=2e-6)
+
+
+def test_rknn_kl_keeps_min_max_when_no_threshold_fits() -> None:
+    """13 discrete levels on [0, 6]: the least divergence is 2.4 (> 0.1), and the toolkit's own
+    function keeps (0, 6); taking the best threshold anyway would give 5.51."""
+    from unified.quant.ranges import _kl_threshold_rknn, kl_rknn
+
+    levels = (np.random.default_rng(0).integers(0, 13, 100_000) * 0.5).astype(np.float32)
+    h = _rknn_histogram(levels)
+    assert _kl_threshold_rknn(h.counts[1:1024])[1] > 0.1
+    assert kl_rknn(h, 256) == (0.0, 6.0)
 
 
 def test_rknn_kl_clips_a_long_tail_symmetrically_within_the_observed_range() -> None:

@@ -24,7 +24,7 @@ BINS = 2048
 #: RKNN-Toolkit2's KL: |x| histogram bins, merged chunks, and the fewest non-zero values it clips
 RKNN_KL_BINS = 1024
 RKNN_KL_TARGET = 128
-RKNN_KL_MIN_VALUES = 4096
+RKNN_KL_MAX_DIVERGENCE = 0.1
 
 
 @dataclass
@@ -45,8 +45,6 @@ class Histogram:
     #: RKNN_KL_BINS bins of [0, max|x|), held in the first RKNN_KL_BINS counts) or "tengine"
     #: (Tengine's histCount over the observed range)
     binning: str = "uniform"
-    #: non-zero values seen (RKNN's KL keeps min-max below RKNN_KL_MIN_VALUES of them)
-    nonzero: int = 0
 
     def add(self, x: np.ndarray) -> None:
         flat = x.reshape(-1)
@@ -69,10 +67,9 @@ class Histogram:
         does it: floor(|x| * bins / amax), the right edge excluded (so max|x| itself is not counted)."""
         amax = max(abs(self.lo), abs(self.hi))
         magnitudes = np.abs(flat).astype(np.float64)
-        self.nonzero += int(np.count_nonzero(magnitudes))
-        if amax > 0:
-            idx = (magnitudes * (RKNN_KL_BINS / amax)).astype(np.int64)
-            self.counts[:RKNN_KL_BINS] += np.bincount(idx[idx < RKNN_KL_BINS], minlength=RKNN_KL_BINS)[:RKNN_KL_BINS]
+        if amax > 0:  # values >= amax are left out before binning: amax * (bins / amax) can round below bins
+            idx = (magnitudes[magnitudes < amax] * (RKNN_KL_BINS / amax)).astype(np.int64)
+            self.counts[:RKNN_KL_BINS] += np.bincount(np.minimum(idx, RKNN_KL_BINS - 1), minlength=RKNN_KL_BINS)
 
     @property
     def edges(self) -> np.ndarray:
@@ -200,14 +197,16 @@ def _rknn_kl_divergence(counts: np.ndarray, size: int, target: int) -> float:
     return float(np.sum(ps * np.log(ps / qs)))
 
 
-def _kl_threshold_rknn(counts: np.ndarray, target: int = RKNN_KL_TARGET) -> int:
-    """The candidate size (target <= size < len(counts)) of least divergence, the first on ties.
+def _kl_threshold_rknn(counts: np.ndarray, target: int = RKNN_KL_TARGET) -> tuple[int, float]:
+    """The candidate size (target <= size < len(counts)) of least divergence, the first on ties,
+    and that divergence.
     Divergences are compared at float32 precision, as the toolkit's C search holds them: runs of
     candidates whose divergence differs only in float64's last digits (a histogram with empty
     bins gives such plateaus) tie there, and the first of the run wins, as in the toolkit."""
     counts = counts.astype(np.float64)
     values = np.array([_rknn_kl_divergence(counts, size, target) for size in range(target, len(counts))], np.float32)
-    return target + int(np.argmin(values))
+    best = int(np.argmin(values))
+    return target + best, float(values[best])
 
 
 def kl_rknn(h: Histogram, levels: int) -> tuple[float, float]:
@@ -217,11 +216,14 @@ def kl_rknn(h: Histogram, levels: int) -> tuple[float, float]:
     bin 0 dropped, which leaves the zeros out; the search above on the other 1023 from 128
     candidates on; T = (chosen size + 1.5) bin widths, so a dense [0, 6] ReLU6 output gets
     1023.5 * 6 / 1024 = 5.9970703125, as its tables show. The range is [max(min, -T), min(max, T)].
-    A tensor with fewer than 4096 non-zero values keeps its min-max."""
+    A tensor whose least divergence exceeds 0.1 (no threshold fits; small or discrete samples)
+    keeps its min-max."""
     amax = max(abs(h.lo), abs(h.hi))
-    if amax <= 0 or h.nonzero < RKNN_KL_MIN_VALUES:
+    if amax <= 0:
         return h.lo, h.hi
-    size = _kl_threshold_rknn(h.counts[1:RKNN_KL_BINS])
+    size, divergence = _kl_threshold_rknn(h.counts[1:RKNN_KL_BINS])
+    if divergence > RKNN_KL_MAX_DIVERGENCE:
+        return h.lo, h.hi
     threshold = (size + 1.5) * amax / RKNN_KL_BINS
     return max(h.lo, -threshold), min(h.hi, threshold)
 

@@ -81,7 +81,10 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          adaptive_rounding=profile.rounding() == "adaptive",
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),
-                         strict=option_bool(NAME, options, "strict", False))
+                         strict=option_bool(NAME, options, "strict", False),
+                         # the toolkit's KL runs on a fused ReLU6's own output too (a [0, 6] tensor
+                         # gets 5.9970703125, a sparse one less); min-max and mmse keep [0, 6]
+                         clamp_fixes_range=algorithm != "kl_divergence")
     fuse = profile.addition("fuse_residual_add", best=False, toolkit=True)
     pre = preprocess.with_normalization(options.get("mean_values"), options.get("std_values"))
     scheme = RknnScheme(method, fuse_conv_add=fuse)
