@@ -25,7 +25,8 @@ Options (RKNN's `config()` names where they exist, with the toolkit's meaning un
                        `qm.float_nodes`; True: refuse it, naming every such node in one message
 
 `normal` is RKNN's min-max. `kl_divergence` follows the KL thresholds of the toolkit's own
-quantizer (`quant/ranges.kl_rknn`; 91.5% top-1 agreement with the real simulator on Lite0). `mmse` here is unified's own fast variant: activation ranges that
+quantizer (`quant/ranges.kl_rknn`; 96.5% top-1 agreement with the real simulator on Lite0).
+`mmse` here is unified's own fast variant: activation ranges that
 minimize expected squared error over a 2048-bin histogram and per-channel weight ranges shrunk to
 minimize weight MSE, plus bias correction: it builds in seconds where RKNN-Toolkit2's `mmse`
 takes minutes, and keeps more of fp32's decisions (see README for the measured figures).
