@@ -22,12 +22,14 @@ def option_figures(lite0, calib_crops, eval_batch, lite0_fp32_logits) -> dict[st
     figures = {}
     # Tengine's own min-max ranges and rounding; the rows before the default measure the options
     # without the empirical bias correction that the default adds
-    nearest = dict(rounding="nearest", activation_ranges="calibrated", empirical_bias_correction=False)
+    nearest = dict(rounding="nearest", activation_ranges="calibrated", weight_ranges="minmax",
+                   empirical_bias_correction=False)
     for label, opts in [("minmax", dict(nearest, bias_correction=False)),
                         ("equalization", dict(nearest, bias_correction=False, equalization=True)),
                         ("bias correction", dict(nearest, bias_correction=True)),
                         ("default", None),  # adaptive rounding, both bias corrections, MSE ranges; built once per session
-                        ("all three", dict(bias_correction=True, equalization=True, activation_ranges="calibrated"))]:
+                        ("all three", dict(bias_correction=True, equalization=True, activation_ranges="calibrated",
+                                           weight_ranges="minmax"))]:
         if opts is None:
             qm = unified.quantize("efficientnet_lite0", backend="tengine")  # same 100 calibration crops
         else:
@@ -49,7 +51,7 @@ def test_bias_correction_and_adaptive_rounding_keep_80_percent(option_figures) -
 def test_default_is_minmax_with_adaptive_rounding(option_figures) -> None:
     qm = unified.quantize("efficientnet_lite0", backend="tengine")  # cached from the fixture's build
     assert (qm.artifact.extra["algorithm"], qm.artifact.extra["rounding"]) == ("minmax", "adaptive")
-    assert qm.artifact.extra["activation_ranges"] == "mse"
+    assert qm.artifact.extra["activation_ranges"] == qm.artifact.extra["weight_ranges"] == "mse"
 
 
 def test_fidelity_oracle_lite0(eval_batch) -> None:

@@ -61,6 +61,37 @@ def test_weights_are_uint8_per_tensor(tiny_tengine) -> None:
             assert q.min() >= 0 and q.max() <= 255
 
 
+def test_best_shrinks_the_per_tensor_weight_range_of_a_large_heavy_tailed_layer() -> None:
+    """A per-tensor uint8 grid is set by the widest weight. Under best each layer's range is the
+    one of least squared rounding error over its weights (`quant.ranges.weight_ranges`, "mse"):
+    on a 256x256 1x1 conv with Laplace weights that is 10% narrower than min-max (a layer of a
+    few hundred weights keeps its min-max: there, clipping costs more than rounding saves).
+    `weight_ranges="minmax"` and the toolkit profile keep Tengine's min-max."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from unified.quant.ranges import weight_ranges
+
+    rng = np.random.default_rng(3)
+    w = (rng.laplace(size=(256, 256, 1, 1)) * 0.05).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["output"])], "wide",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 256, 2, 2])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 256, 2, 2])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calibration = [rng.normal(size=(1, 256, 2, 2)).astype(np.float32) for _ in range(4)]
+    common = dict(backend="tengine", calibration=calibration, cache=False, rounding="nearest",
+                  bias_correction=False, empirical_bias_correction=False)
+    scale = lambda qm: next(n for n in qm.artifact.graph.nodes if n.op == "conv").arrays["w_scale"][0]  # noqa: E731
+    best, minmax = unified.quantize(model, **common), unified.quantize(model, weight_ranges="minmax", **common)
+    lo, hi = weight_ranges(w, False, "mse", 256)
+    assert (best.artifact.extra["weight_ranges"], minmax.artifact.extra["weight_ranges"]) == ("mse", "minmax")
+    assert scale(minmax) == pytest.approx((w.max() - min(w.min(), 0.0)) / 255, rel=1e-5)
+    assert scale(best) == pytest.approx((hi - lo)[0] / 255, rel=1e-5)
+    assert scale(best) < 0.95 * scale(minmax)
+    with pytest.raises(unified.BackendError, match="weight_ranges"):
+        unified.quantize(model, profile="toolkit", weight_ranges="mse", **common)
+
+
 @pytest.mark.parametrize("algorithm", ["minmax", "kl", "aciq"])
 def test_algorithms(tiny_model, tiny_calibration, tiny_batch, algorithm) -> None:
     qm = unified.quantize(tiny_model, backend="tengine", calibration=tiny_calibration, preprocess=PRE16, algorithm=algorithm)

@@ -8,6 +8,9 @@ Options (Tengine's own keep Tengine's meaning under both profiles):
   activation_ranges  "mse" (addition, default under best unless `algorithm` is given): each
                    activation's range minimizes its expected quantization MSE; "calibrated": the
                    algorithm's ranges
+  weight_ranges    "mse" (addition, default under best): each layer's one weight range shrunk to
+                   minimize its weights' squared rounding error (a per-tensor scale is otherwise set
+                   by the widest channel); "minmax": Tengine's own
   mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
   bias_correction  addition, on under best: correct biases for weight rounding from fp32 channel means
   empirical_bias_correction  addition, on under best: after lowering, run the calibration images
@@ -50,7 +53,7 @@ from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_g
 NAME = "tengine"
 #: quant_tool_uint8's algorithms, as its source computes them (`quant/tengine_ranges.py`)
 ALGORITHMS = {"minmax": "minmax", "kl": "kl_tengine", "aciq": "aciq_tengine"}
-KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "algorithm", "mean", "scale", "bias_correction", "empirical_bias_correction", "equalization", "rounding", "scale_file",
+KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "weight_ranges", "algorithm", "mean", "scale", "bias_correction", "empirical_bias_correction", "equalization", "rounding", "scale_file",
                  "float_fallback", "strict"}
 
 
@@ -89,7 +92,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     scale_file = options.get("scale_file")
     given = read_scale_table(scale_file) if scale_file else None
     ranges = profile.activation_ranges("algorithm")
-    build = BuildOptions(range_method="mse" if ranges == "mse" else ALGORITHMS[algorithm], weight_method="minmax",
+    weights = profile.addition_choice("weight_ranges", ("mse", "minmax"), best="mse", toolkit="minmax")
+    build = BuildOptions(range_method="mse" if ranges == "mse" else ALGORITHMS[algorithm], weight_method=weights,
                          bias_correction=_bias_correction(profile),
                          empirical_bias=_empirical_bias(profile),
                          equalization=profile.addition("equalization", best=False, toolkit=False),
@@ -103,7 +107,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
     pre = preprocess.with_normalization(options.get("mean"), None if scale is None else 1.0 / np.asarray(scale, np.float64))
     # Tengine calibrates the input tensor like any other (preprocess=None: no folding)
     extra: dict[str, Any] = {"preprocess": pre.to_json(), "profile": profile.name, "algorithm": algorithm,
-                             "activation_ranges": ranges, "rounding": rounding}
+                             "activation_ranges": ranges, "weight_ranges": weights, "rounding": rounding}
     # Tengine's runtime pads with the raw byte 0 whatever the zero point (toolkit); best folds zero
     # pads into the convs, which pad with the true zero
     scheme = TengineScheme(symmetric=algorithm == "aciq", raw_pads=profile.toolkit)
