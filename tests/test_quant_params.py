@@ -113,7 +113,7 @@ def test_rknn_kl_keeps_min_max_when_no_threshold_fits() -> None:
 
 
 def test_rknn_kl_clips_a_long_tail_symmetrically_within_the_observed_range() -> None:
-    from unified.quant.ranges import Histogram, kl_rknn
+    from unified.quant.ranges import kl_rknn
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.laplace(0, 1, 200_000), [-30.0, 12.0]]).astype(np.float32)
