@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 BINS = 2048
-#: RKNN-Toolkit2's KL: |x| histogram bins, merged chunks, and the fewest non-zero values it clips
+#: RKNN-Toolkit2's KL: |x| histogram bins, merged chunks, and the divergence above which it keeps min-max
 RKNN_KL_BINS = 1024
 RKNN_KL_TARGET = 128
 RKNN_KL_MAX_DIVERGENCE = 0.1
@@ -200,9 +200,10 @@ def _rknn_kl_divergence(counts: np.ndarray, size: int, target: int) -> float:
 def _kl_threshold_rknn(counts: np.ndarray, target: int = RKNN_KL_TARGET) -> tuple[int, float]:
     """The candidate size (target <= size < len(counts)) of least divergence, the first on ties,
     and that divergence.
-    Divergences are compared at float32 precision, as the toolkit's C search holds them: runs of
-    candidates whose divergence differs only in float64's last digits (a histogram with empty
-    bins gives such plateaus) tie there, and the first of the run wins, as in the toolkit."""
+    Divergences are compared at float32 precision, the toolkit C search's own: runs of candidates
+    whose divergence differs only in float64's last digits (a histogram with empty bins gives such
+    plateaus) tie there and the first of the run wins. The toolkit's float32 sums still break some
+    near-ties a few bins away (README, toolkit agreement)."""
     counts = counts.astype(np.float64)
     values = np.array([_rknn_kl_divergence(counts, size, target) for size in range(target, len(counts))], np.float32)
     best = int(np.argmin(values))

@@ -10,7 +10,7 @@ Options (Tengine's own keep Tengine's meaning under both profiles):
                    algorithm's ranges
   weight_ranges    "mse" (addition, default under best): each layer's one weight range shrunk to
                    minimize its weights' squared rounding error (a per-tensor scale is otherwise set
-                   by the widest channel); "minmax": Tengine's own
+                   by the largest weight); "minmax": Tengine's own
   mean, scale      Tengine's -w / -s preprocessing, (pixel - mean) * scale (default: the model's own)
   bias_correction  addition, on under best: correct biases for weight rounding from fp32 channel means
   empirical_bias_correction  addition, on under best: after lowering, run the calibration images
