@@ -68,3 +68,23 @@ def test_layouts_that_cannot_stay_exact_are_refused() -> None:
     assert integer_conv_accumulator(grouped, "int8", -128, 127) is None
     huge = np.full((1, 40000, 1, 1), 255, np.int16)          # 40000 * 255 * 255 passes 2^31
     assert integer_conv_accumulator(_node(huge, 0, 1, 0), "uint8", 0, 255) is None
+
+
+def test_pointwise_convs_take_the_u8s8_gemm_only_where_the_probe_proves_it_exact(monkeypatch) -> None:
+    """With VNNI the probe passes and 1x1 convs run on MatMulInteger (U8S8); without it (or with
+    UNIFIED_U8S8=0) they stay on ConvInteger. Either way the sums equal int64 math."""
+    from unified.engine import ort_accumulate
+
+    rng = np.random.default_rng(3)
+    w = (rng.integers(-128, 128, (7, 12, 1, 1)) - rng.integers(-60, 60, (7, 1, 1, 1))).astype(np.int16)
+    for dtype, qmin, qmax, zx in (("int8", -128, 127, 9), ("uint8", 0, 255, 140)):
+        x = rng.integers(qmin, qmax + 1, (3, 12, 5, 4)).astype(dtype)
+        expected = _int64_conv(x, w, zx, 1, 0)
+        for switch in ("1", "0"):
+            monkeypatch.setenv("UNIFIED_U8S8", switch)
+            ort_accumulate.u8s8_is_exact.cache_clear()
+            acc = integer_conv_accumulator(_node(w, zx, 1, 0), dtype, qmin, qmax)
+            pointwise = isinstance(acc, ort_accumulate.PointwiseAccumulator)
+            assert pointwise == (switch == "1" and ort_accumulate.u8s8_is_exact())
+            np.testing.assert_array_equal(acc.run(None, {"x": x})[0], expected)
+    ort_accumulate.u8s8_is_exact.cache_clear()

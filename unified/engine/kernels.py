@@ -8,7 +8,7 @@ below 2^53), then converted to int64 accumulators; requantization is fixed point
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -103,28 +103,34 @@ def _requant(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int)
     return out
 
 
+def _requant_accelerated(node: IntNode, x: np.ndarray, accelerated: Any, g: IntegerGraph, tap: Tap) -> np.ndarray:
+    """Accumulate `x` on an ORT accumulator (channel axis 1) and requantize, fused when possible."""
+    box_offsets = getattr(accelerated, "offsets", None)
+    if tap is None and box_offsets is not None and fused.available():
+        acc = accelerated.raw(x)  # the fused requantization applies the box-sum correction
+    else:
+        acc, box_offsets = accelerated.run(None, {"x": x})[0], None
+    channels = (1, -1) + (1,) * (acc.ndim - 2)
+    if node.attrs.get("requant_f64"):
+        if tap is not None:
+            tap(node.name, "accumulator", _with_bias(acc, node, channels))
+        return _requant_f64(acc, node, g, 1, add_bias=True, box_offsets=box_offsets)
+    if tap is None and not node.attrs.get("reference"):
+        out = fused.requant_int(acc, node.arrays["bias"], node.arrays["mult"], node.arrays["shift"],
+                                node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"],
+                                g.rounding.value, g.dtype, 1, box_offsets)
+        if out is not None:
+            return out
+    acc = _with_bias(acc, node, channels)
+    if tap is not None:
+        tap(node.name, "accumulator", acc)
+    return _requant(acc, node, g, 1)
+
+
 def conv(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
     accelerated = g.accelerators.get(node.name)
     if accelerated is not None:
-        box_offsets = getattr(accelerated, "offsets", None)
-        if tap is None and box_offsets is not None and fused.available():
-            acc = accelerated.raw(inputs[0])  # the fused requantization applies the box-sum correction
-        else:
-            acc, box_offsets = accelerated.run(None, {"x": inputs[0]})[0], None
-        if node.attrs.get("requant_f64"):
-            if tap is not None:
-                tap(node.name, "accumulator", _with_bias(acc, node, (1, -1, 1, 1)))
-            return [_requant_f64(acc, node, g, 1, add_bias=True, box_offsets=box_offsets)]
-        if tap is None and not node.attrs.get("reference"):
-            out = fused.requant_int(acc, node.arrays["bias"], node.arrays["mult"], node.arrays["shift"],
-                                    node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"],
-                                    g.rounding.value, g.dtype, 1, box_offsets)
-            if out is not None:
-                return [out]
-        acc = _with_bias(acc, node, (1, -1, 1, 1))
-        if tap is not None:
-            tap(node.name, "accumulator", acc)
-        return [_requant(acc, node, g, 1)]
+        return [_requant_accelerated(node, inputs[0], accelerated, g, tap)]
     acc = _conv_accumulate(node, inputs[0])
     acc = _with_bias(acc, node, (1, -1, 1, 1))
     if tap is not None:
@@ -220,10 +226,15 @@ def _with_bias(acc: np.ndarray, node: IntNode, shape: tuple[int, ...]) -> np.nda
 
 
 def gemm(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Tap) -> list[np.ndarray]:
+    accelerated = g.accelerators.get(node.name)
+    if tap is None and accelerated is not None and not isinstance(accelerated, np.ndarray):
+        x = inputs[0]
+        out = _requant_accelerated(node, x, accelerated, g, tap)  # (rows, M, 1, 1)
+        return [out.reshape(x.shape[:-1] + (out.shape[1],))]
     ftype = np.float32 if node.attrs["exact"] == "float32" else np.float64
     x = inputs[0].astype(ftype) - ftype(node.attrs["zx"])
     w_t = g.accelerators.get(node.name)  # the weights as the float carrier, transposed once up front
-    if w_t is None:
+    if not isinstance(w_t, np.ndarray):
         w_t = node.arrays["w"].astype(ftype).T
     acc = _with_bias(x @ w_t, node, (1, -1))
     if tap is not None:
