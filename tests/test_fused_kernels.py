@@ -43,6 +43,21 @@ def test_fused_requant_matches_numpy(policy, dtype, zo, lo, hi) -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+def test_fused_requant_with_box_correction_matches_numpy(policy) -> None:
+    """The ConvInteger layout: channel c reads acc_c - offsets[c] * box (the last channel)."""
+    rng = np.random.default_rng(1)
+    raw = rng.integers(-30000, 30000, size=(2, 5, 4, 3)).astype(np.int32)
+    offsets = np.array([0, 3, -2, 7], np.int64)
+    raw[0, 0, 0, :2], raw[0, 4, 0, :2] = [2, -2], [5, 5]   # channel 0 reads 2 and -2: ties at real 0.25
+    corrected = raw[:, :4].astype(np.int64) - offsets.reshape(1, -1, 1, 1) * raw[:, 4:].astype(np.int64)
+    real = np.array([0.25, 1e-3, 2e-3, 3e-3]).reshape(1, -1, 1, 1)
+    bias_real = np.array([0.0, 1.5, -2.25, 0.5]).reshape(1, -1, 1, 1)
+    want = _numpy_requant_f64(corrected, real, bias_real, 3, -128, 127, policy, np.int8)
+    got = fused.requant_f64(raw, real, bias_real, 3, -128, 127, policy, np.int8, 1, box_offsets=offsets)
+    assert got.shape == (2, 4, 4, 3) and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_fused_add_matches_int64_path(policy) -> None:
     rng = np.random.default_rng(1)
     x1 = rng.integers(-128, 128, size=(2, 8, 9, 9)).astype(np.int8)
