@@ -13,7 +13,7 @@ For a conv whose lowering proved every partial sum an integer below 2^24 (`exact
 ORT's float32 Conv on the zero-point-shifted integer input and weights computes the very same
 integer accumulator as the numpy reference (no addition or fused multiply-add of integers below
 2^24 rounds), about ten times faster. Each such layer gets a tiny one-node session:
-int8/uint8 x -> Cast -> Sub(zx) -> Conv(w - zw) -> float32 accumulator (bias added afterwards).
+int8/uint8 x -> DequantizeLinear(scale 1, zx) -> Conv(w - zw) -> float32 accumulator (bias added afterwards).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 import onnxruntime as ort
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from unified.engine.integer_graph import IntNode
@@ -205,6 +206,16 @@ def integer_gemm_accumulator(node: IntNode, dtype: str, qmin: int, qmax: int,
     return None if conv is None else IntegerGemmAccumulator(conv)
 
 
+def _centred_input() -> onnx.NodeProto:
+    """x - zx as float32 in one pass: DequantizeLinear with scale 1 (exact for 8-bit integers),
+    10-20% faster per depthwise session than Cast then Sub."""
+    return helper.make_node("DequantizeLinear", ["x", "one", "zx"], ["xs"])
+
+
+def _centring_inits(zx: int, dtype: str) -> list[onnx.TensorProto]:
+    return [numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.array(zx, dtype), "zx")]
+
+
 def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = None) -> ort.InferenceSession:
     """int8/uint8 input -> exact float32 accumulator (without bias).
 
@@ -213,12 +224,11 @@ def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = No
     a = node.attrs
     w = node.arrays["w"].astype(np.float32)
     nodes = [
-        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["xf", "zx"], ["xs"]),
+        _centred_input(),
         helper.make_node("Conv", ["xs", "w"], ["acc"], strides=a["strides"], pads=a["pads"],
                          dilations=a["dilations"], group=a["group"], kernel_shape=a["kernel"]),
     ]
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(a["zx"]), "zx")]
+    inits = [numpy_helper.from_array(w, "w"), *_centring_inits(a["zx"], dtype)]
     return _conv_session(nodes, inits, _ELEM[dtype], w.shape[1] * a["group"], TensorProto.FLOAT, threads)
 
 
@@ -255,9 +265,8 @@ def split_conv_accumulator_session(node: IntNode, dtype: str, qmin: int, qmax: i
     if sizes is None:
         return None
     conv_attrs = dict(strides=a["strides"], pads=a["pads"], dilations=a["dilations"], kernel_shape=a["kernel"])
-    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("Sub", ["xf", "zx"], ["xs"])]
-    inits = [numpy_helper.from_array(np.float32(a["zx"]), "zx")]
+    nodes = [_centred_input()]
+    inits = _centring_inits(a["zx"], dtype)
     parts, start = [], 0
     if len(sizes) > 1:
         inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
