@@ -107,6 +107,39 @@ def available() -> bool:
     return _kernel() is not None
 
 
+class PreparedRequant:
+    """`requant_f64` of one node with everything but the accumulator computed once, when the
+    interpreter starts: per-channel float64 multipliers and biases, clamp bounds, policy, box
+    offsets. A call is then one reshape, one allocation and the kernel (about 10 us of Python per
+    layer less, 0.3-0.5 ms per Lite0 image). Channel axis 1; any trailing shape."""
+
+    __slots__ = ("kernel", "real", "bias", "use_bias", "zo", "lo", "hi", "policy", "coef", "use_box", "dtype",
+                 "channels")
+
+    def __init__(self, real: np.ndarray, bias_real: np.ndarray | None, zo: int, lo: int, hi: int, policy: str,
+                 dtype: Any, box_offsets: np.ndarray | None) -> None:
+        self.kernel = _kernel()
+        self.real = np.ascontiguousarray(real, dtype=np.float64).reshape(-1)
+        self.channels = self.real.size
+        self.use_bias = bias_real is not None
+        self.bias = (np.zeros(self.channels) if bias_real is None
+                     else np.ascontiguousarray(bias_real, dtype=np.float64).reshape(-1))
+        self.zo, self.lo, self.hi = float(zo), float(lo), float(hi)
+        self.policy = POLICIES[policy]
+        self.use_box = box_offsets is not None
+        self.coef = np.zeros(1, np.int64) if box_offsets is None else np.ascontiguousarray(box_offsets, dtype=np.int64)
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, acc: np.ndarray) -> np.ndarray:
+        """acc (N, channels [+1 box channel], ...) -> requantized (N, channels, ...)."""
+        n = acc.shape[0]
+        acc3 = acc.reshape(n, acc.shape[1], -1)
+        out = np.empty((n, self.channels, acc3.shape[2]), self.dtype)
+        self.kernel(acc3, self.real, self.bias, self.use_bias, self.zo, self.lo, self.hi, self.policy, self.coef,
+                    self.use_box, out)
+        return out.reshape((n, self.channels) + acc.shape[2:])
+
+
 def requant_f64(acc: np.ndarray, real: np.ndarray, bias_real: np.ndarray | None, zo: int, lo: int, hi: int,
                 policy: str, dtype: Any, channel_axis: int, box_offsets: np.ndarray | None = None) -> np.ndarray | None:
     """The fused requantization of `acc` (per-channel `real` multipliers along `channel_axis`), or

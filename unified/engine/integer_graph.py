@@ -45,6 +45,8 @@ class IntegerGraph:
     float_reasons: dict[str, str] = field(default_factory=dict)     # node name -> why it runs in float
     #: run-time only, never saved: exact fast accumulators by node name (see ort_accumulate)
     accelerators: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: run-time only: the prepared fused requantization of accelerated nodes (fused.PreparedRequant)
+    requantizers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     qmin = IntegerBound("dtype", 0)
     qmax = IntegerBound("dtype", 1)

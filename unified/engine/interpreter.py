@@ -19,7 +19,8 @@ import numpy as np
 from unified.core.batching import batch_size, concatenate_outputs, run_in_chunks, take
 from unified.core.errors import InputError
 from unified.engine.integer_graph import IntegerGraph
-from unified.engine.kernels import KERNELS
+from unified.engine import fused
+from unified.engine.kernels import KERNELS, requant_reals
 
 Tap = Callable[[str, str, np.ndarray], None]
 CHUNK_SAMPLES = 8
@@ -44,7 +45,7 @@ class Interpreter:
                                           for n in graph.nodes])
         self.reference = reference
         accelerators = _accelerators(graph, reference, threads=None)
-        self.graph = replace(graph, accelerators=accelerators)
+        self.graph = replace(graph, accelerators=accelerators, requantizers=_requantizers(graph, accelerators))
         self._narrow: IntegerGraph | None = None   # one-thread sessions for batch workers (lazy)
         self._narrow_lock = threading.Lock()
         graph = self.graph
@@ -82,7 +83,9 @@ class Interpreter:
         """The graph with accelerators on one-thread sessions, built on the first batched run."""
         with self._narrow_lock:
             if self._narrow is None:
-                self._narrow = replace(self.graph, accelerators=_accelerators(self.graph, False, threads=1))
+                accelerators = _accelerators(self.graph, False, threads=1)
+                self._narrow = replace(self.graph, accelerators=accelerators,
+                                       requantizers=_requantizers(self.graph, accelerators))
             return self._narrow
 
     def _run(self, x: np.ndarray, tap: Tap | None = None,
@@ -172,6 +175,24 @@ def _accelerators(graph: IntegerGraph, reference: bool, threads: int | None) -> 
             if session is not None:
                 accelerators[node.name] = session
     return accelerators
+
+
+def _requantizers(graph: IntegerGraph, accelerators: dict[str, object]) -> dict[str, fused.PreparedRequant]:
+    """Prepared fused requantizations of the ORT-accumulated convs and gemms whose float64 carrier
+    lowering proved exact (`requant_f64`); empty without numba (the kernels then run numpy)."""
+    if not fused.available():
+        return {}
+    prepared = {}
+    for node in graph.nodes:
+        accelerated = accelerators.get(node.name)
+        if (node.op not in ("conv", "gemm") or accelerated is None or isinstance(accelerated, np.ndarray)
+                or not node.attrs.get("requant_f64") or node.attrs.get("reference")):
+            continue
+        real, bias_real = requant_reals(node, add_bias=True)
+        prepared[node.name] = fused.PreparedRequant(
+            real, bias_real, node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"], graph.rounding.value,
+            graph.dtype, getattr(accelerated, "offsets", None))
+    return prepared
 
 
 def _float_evaluator(model_bytes: bytes):

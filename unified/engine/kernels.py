@@ -45,6 +45,15 @@ def _round_in_place(v: np.ndarray, policy: str) -> None:
         np.trunc(v, out=v)
 
 
+def requant_reals(node: IntNode, add_bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The float64 multipliers m * 2^(shift - 31) per channel, and the bias times them (or None)."""
+    real = node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)
+    if real.size == 1:
+        real = np.full(node.arrays["bias"].size if add_bias else 1, real.reshape(-1)[0])
+    bias_real = node.arrays["bias"].astype(np.float64).reshape(-1) * real if add_bias else None
+    return real.reshape(-1), bias_real
+
+
 def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int, add_bias: bool,
                  box_offsets: np.ndarray | None = None) -> np.ndarray:
     """The same integer result as `requantize`, carried in float64 where lowering proved it exact.
@@ -57,8 +66,9 @@ def _requant_f64(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: 
     """
     shape = [1] * acc.ndim
     shape[channel_axis] = -1
-    real = (node.arrays["mult"].astype(np.float64) * np.exp2(node.arrays["shift"].astype(np.float64) - 31)).reshape(shape)
-    bias_real = node.arrays["bias"].astype(np.float64).reshape(shape) * real if add_bias else None
+    real, bias_real = requant_reals(node, add_bias)
+    real = real.reshape(shape)
+    bias_real = None if bias_real is None else bias_real.reshape(shape)
     out = fused.requant_f64(acc, real, bias_real, node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"],
                             g.rounding.value, g.dtype, channel_axis, box_offsets)
     if out is not None:
@@ -105,6 +115,9 @@ def _requant(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int)
 
 def _requant_accelerated(node: IntNode, x: np.ndarray, accelerated: Any, g: IntegerGraph, tap: Tap) -> np.ndarray:
     """Accumulate `x` on an ORT accumulator (channel axis 1) and requantize, fused when possible."""
+    prepared = g.requantizers.get(node.name)
+    if tap is None and prepared is not None:
+        return prepared(accelerated.raw(x) if prepared.use_box else accelerated.run(None, {"x": x})[0])
     box_offsets = getattr(accelerated, "offsets", None)
     if tap is None and box_offsets is not None and fused.available():
         acc = accelerated.raw(x)  # the fused requantization applies the box-sum correction
