@@ -133,3 +133,19 @@ def test_split_conv_accumulation_equals_reference(backend) -> None:
     info = np.iinfo(np.dtype(g.dtype))
     x = rng.integers(info.min, info.max + 1, (3, 256, 6, 6)).astype(g.dtype)
     np.testing.assert_array_equal(fast.run(x), Interpreter(g, reference=True).run(x))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("dtype,zero_point,inside", [("int8", -3, False), ("uint8", 128, False), ("int8", 5, True)])
+def test_fused_input_quantization_matches_quant_params(policy, dtype, zero_point, inside) -> None:
+    from unified.core.quant_params import QuantParams
+
+    q = QuantParams(scale=0.5, zero_point=zero_point, dtype=dtype, rounding=RoundingPolicy(policy),
+                    zero_point_inside_round=inside)
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 40, (2, 3, 5, 7)).astype(np.float32)
+    x[0, 0, 0, :6] = [0.25, -0.25, 0.75, -0.75, 1000.0, -1000.0]   # ties at scale 0.5, and saturation
+    got = fused.quantize(x, q)
+    want = q.quantize(x)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert fused.quantize(x, QuantParams(scale=(0.5, 0.25, 1.0), zero_point=0, dtype=dtype)) is None  # per channel

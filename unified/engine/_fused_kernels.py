@@ -96,3 +96,22 @@ def requant_int(acc, bias, mult, k, zo, lo, hi, policy, coef, use_box, out):  # 
                 v = mbqm(np.int64(corrected(acc, o, c, i, coef, use_box)) + b, m, kc, policy) + zo
                 v = clamp(v, lo, hi)
                 out[o, c, i] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def quantize(x, scale, zp, zp_inside, policy, qmin, qmax, out):  # pragma: no cover - compiled
+    """QuantParams.quantize of a flat float array with one scale, operation for operation in
+    float64: x / scale (+ zp inside the rounding, or after it), rounding, clamp, cast."""
+    for i in range(x.size):
+        v = np.float64(x[i]) / scale
+        if zp_inside:
+            v = v + zp
+        if policy == 0:
+            v = np.rint(v)
+        elif policy == 1:
+            v = np.trunc(v + np.copysign(0.5, v))
+        else:
+            v = np.trunc(v)
+        if not zp_inside:
+            v = v + zp
+        out[i] = min(max(v, qmin), qmax)

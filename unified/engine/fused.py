@@ -103,6 +103,20 @@ def requant_int(acc: np.ndarray, bias: np.ndarray | None, mult: np.ndarray, shif
     return out.reshape(out_shape)
 
 
+def quantize(x: np.ndarray, q: Any) -> np.ndarray | None:
+    """`q.quantize(x)` (a per-tensor `QuantParams`) in one pass, or None without numba or with
+    per-channel scales. The model input of every engine run goes through it (Lite0: 150k values,
+    0.4 ms in numpy's six passes)."""
+    k = _kernels()
+    if k is None or np.ndim(q.scale) != 0 or np.ndim(q.zero_point) != 0:
+        return None
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape, dtype=q.dtype)
+    k.quantize(x.reshape(-1), float(q.scale), float(q.zero_point), bool(q.zero_point_inside_round), POLICIES[q.rounding.value],
+               float(q.qmin), float(q.qmax), out.reshape(-1))
+    return out
+
+
 def available() -> bool:
     return _kernel() is not None
 

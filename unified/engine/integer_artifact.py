@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from unified.core.errors import InputError
+from unified.engine import fused
 from unified.engine.integer_graph import IntegerGraph
 from unified.engine.interpreter import Interpreter, Tap
 
@@ -91,7 +92,8 @@ class IntegerArtifact:
         if x.ndim != len(self.graph.input_shape):
             raise InputError(f"expected a float batch of rank {len(self.graph.input_shape)} "
                              f"({self.model_layout} for images), got shape {x.shape}")
-        native = self.to_native(self.graph.input_q.quantize(x))
+        q = fused.quantize(x, self.graph.input_q) if x.dtype in (np.float32, np.float64) else None
+        native = self.to_native(self.graph.input_q.quantize(x) if q is None else q)
         self.check_native(native)
         return native
 
