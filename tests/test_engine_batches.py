@@ -26,7 +26,7 @@ def tiny_quantized(request):
 
 @pytest.mark.parametrize("batch", [2, 5, 19])
 def test_batch_on_two_workers_equals_reference(tiny_quantized, monkeypatch, batch) -> None:
-    """5 samples on 2 workers run as pieces of 3 and 2; 19 as pieces of 8, 8 and 3."""
+    """5 samples on 2 workers run as pieces of 3 and 2; 19 as pieces of 4 (at most 8 in flight)."""
     monkeypatch.setenv("UNIFIED_ENGINE_THREADS", "2")
     g = tiny_quantized.artifact.graph
     info = np.iinfo(np.dtype(g.dtype))
