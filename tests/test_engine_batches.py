@@ -92,3 +92,20 @@ def test_matmul_with_constant_weights_on_3d_input_equals_reference(monkeypatch) 
     for workers in ("1", "2"):
         monkeypatch.setenv("UNIFIED_ENGINE_THREADS", workers)
         np.testing.assert_array_equal(Interpreter(g).run(x), reference)
+
+
+def test_a_replaced_bias_is_not_served_from_the_prepared_requantization(tiny_quantized) -> None:
+    """Build steps (the empirical bias correction) replace a node's bias and run the kernels again
+    on the same interpreter: the run must use the new bias, as the reference does."""
+    from copy import deepcopy
+
+    g = deepcopy(tiny_quantized.artifact.graph)
+    fast = Interpreter(g)
+    node = next(n for n in fast.graph.nodes if n.name in fast.graph.requantizers)
+    info = np.iinfo(np.dtype(g.dtype))
+    x = np.random.default_rng(0).integers(info.min, info.max + 1, (2, 3, 16, 16)).astype(g.dtype)
+    before = fast.run(x)
+    node.arrays["bias"] = node.arrays["bias"] + 3000
+    after = fast.run(x)
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, Interpreter(g, reference=True).run(x))

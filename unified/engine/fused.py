@@ -128,10 +128,12 @@ class PreparedRequant:
     layer less, 0.3-0.5 ms per Lite0 image). Channel axis 1; any trailing shape."""
 
     __slots__ = ("kernel", "real", "bias", "use_bias", "zo", "lo", "hi", "policy", "coef", "use_box", "dtype",
-                 "channels")
+                 "channels", "source")
 
     def __init__(self, real: np.ndarray, bias_real: np.ndarray | None, zo: int, lo: int, hi: int, policy: str,
-                 dtype: Any, box_offsets: np.ndarray | None) -> None:
+                 dtype: Any, box_offsets: np.ndarray | None, source: tuple[Any, ...] = ()) -> None:
+        #: the node's own objects it was prepared from (`fresh_for`)
+        self.source = source
         self.kernel = _kernel()
         self.real = np.ascontiguousarray(real, dtype=np.float64).reshape(-1)
         self.channels = self.real.size
@@ -143,6 +145,16 @@ class PreparedRequant:
         self.use_box = box_offsets is not None
         self.coef = np.zeros(1, np.int64) if box_offsets is None else np.ascontiguousarray(box_offsets, dtype=np.int64)
         self.dtype = np.dtype(dtype)
+
+    @staticmethod
+    def source_of(node: Any) -> tuple[Any, ...]:
+        return (node.attrs, node.arrays.get("bias"), node.arrays.get("mult"), node.arrays.get("shift"))
+
+    def fresh_for(self, node: Any) -> bool:
+        """Whether the node still holds the very objects this was prepared from. A build step that
+        replaces a bias (the empirical bias correction runs the kernels while it corrects) makes
+        the kernel fall back to the unprepared path for that node."""
+        return all(a is b for a, b in zip(self.source, self.source_of(node)))
 
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         """acc (N, channels [+1 box channel], ...) -> requantized (N, channels, ...)."""

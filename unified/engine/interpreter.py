@@ -191,7 +191,7 @@ def _requantizers(graph: IntegerGraph, accelerators: dict[str, object]) -> dict[
         real, bias_real = requant_reals(node, add_bias=True)
         prepared[node.name] = fused.PreparedRequant(
             real, bias_real, node.attrs["zo"], node.attrs["act_min"], node.attrs["act_max"], graph.rounding.value,
-            graph.dtype, getattr(accelerated, "offsets", None))
+            graph.dtype, getattr(accelerated, "offsets", None), fused.PreparedRequant.source_of(node))
     return prepared
 
 

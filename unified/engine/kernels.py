@@ -116,7 +116,7 @@ def _requant(acc: np.ndarray, node: IntNode, g: IntegerGraph, channel_axis: int)
 def _requant_accelerated(node: IntNode, x: np.ndarray, accelerated: Any, g: IntegerGraph, tap: Tap) -> np.ndarray:
     """Accumulate `x` on an ORT accumulator (channel axis 1) and requantize, fused when possible."""
     prepared = g.requantizers.get(node.name)
-    if tap is None and prepared is not None:
+    if tap is None and prepared is not None and prepared.fresh_for(node):
         return prepared(accelerated.raw(x) if prepared.use_box else accelerated.run(None, {"x": x})[0])
     box_offsets = getattr(accelerated, "offsets", None)
     if tap is None and box_offsets is not None and fused.available():
