@@ -109,3 +109,17 @@ def test_a_replaced_bias_is_not_served_from_the_prepared_requantization(tiny_qua
     after = fast.run(x)
     assert not np.array_equal(before, after)
     np.testing.assert_array_equal(after, Interpreter(g, reference=True).run(x))
+
+
+def test_a_conv_feeding_a_depthwise_conv_writes_its_float_carrier(tiny_quantized) -> None:
+    """conv1 -> relu -> depthwise: untapped runs hand the depthwise conv x - zx as float32 (same
+    integers), taps and run_all still see the 8-bit tensor, and the outputs equal the reference."""
+    g = tiny_quantized.artifact.graph
+    fast = Interpreter(g)
+    carriers = {name for name, p in fast._fast.requantizers.items() if p.dtype == np.float32}
+    assert carriers == {next(n.name for n in g.nodes if n.op == "conv" and n.attrs["group"] == 1)}
+    info = np.iinfo(np.dtype(g.dtype))
+    x = np.random.default_rng(1).integers(info.min, info.max + 1, (3, 3, 16, 16)).astype(g.dtype)
+    np.testing.assert_array_equal(fast.run(x), Interpreter(g, reference=True).run(x))
+    every = fast.run_all(x)
+    assert all(v.dtype == np.dtype(g.dtype) for v in every.values())

@@ -46,6 +46,8 @@ class Interpreter:
         self.reference = reference
         accelerators = _accelerators(graph, reference, threads=None)
         self.graph = replace(graph, accelerators=accelerators, requantizers=_requantizers(graph, accelerators))
+        #: what untapped runs use: as `graph`, but layers feeding a float conv write its float carrier
+        self._fast = _with_carriers(self.graph)
         self._narrow: IntegerGraph | None = None   # one-thread sessions for batch workers (lazy)
         self._narrow_lock = threading.Lock()
         graph = self.graph
@@ -84,13 +86,13 @@ class Interpreter:
         with self._narrow_lock:
             if self._narrow is None:
                 accelerators = _accelerators(self.graph, False, threads=1)
-                self._narrow = replace(self.graph, accelerators=accelerators,
-                                       requantizers=_requantizers(self.graph, accelerators))
+                self._narrow = _with_carriers(replace(self.graph, accelerators=accelerators,
+                                                      requantizers=_requantizers(self.graph, accelerators)))
             return self._narrow
 
     def _run(self, x: np.ndarray, tap: Tap | None = None,
              graph: IntegerGraph | None = None) -> np.ndarray | dict[str, np.ndarray]:
-        g = graph or self.graph
+        g = graph or (self.graph if tap is not None else self._fast)
         values: dict[str, np.ndarray] = dict(x) if isinstance(x, dict) else {g.input_name: x}
         for name in g.input_names:
             if name not in values:
@@ -158,6 +160,7 @@ def _accelerators(graph: IntegerGraph, reference: bool, threads: int | None) -> 
         conv_accumulator_session, integer_conv_accumulator, integer_gemm_accumulator,
         split_conv_accumulator_session)
 
+    centred = set(_carrier_pairs(graph).values())
     for node in graph.nodes:
         if node.op == "gemm":
             integer = integer_gemm_accumulator(node, graph.dtype, graph.qmin, graph.qmax, threads)
@@ -169,12 +172,49 @@ def _accelerators(graph: IntegerGraph, reference: bool, threads: int | None) -> 
         if integer is not None:
             accelerators[node.name] = integer
         elif node.attrs.get("exact") == "float32":
-            accelerators[node.name] = conv_accumulator_session(node, graph.dtype, threads)
+            accelerators[node.name] = conv_accumulator_session(node, graph.dtype, threads, node.name in centred)
         elif node.attrs.get("exact") == "float64":
             session = split_conv_accumulator_session(node, graph.dtype, graph.qmin, graph.qmax, threads)
             if session is not None:
                 accelerators[node.name] = session
     return accelerators
+
+
+def _carrier_pairs(graph: IntegerGraph) -> dict[str, str]:
+    """Producer conv -> the depthwise conv that alone reads its output (float32-exact, so run on
+    ORT's float Conv): the producer's requantization can write x - zx as float32 straight away."""
+    readers: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    producers = {name: node for node in graph.nodes for name in node.outputs}
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "conv" or node.attrs.get("group", 1) == 1 or node.attrs.get("exact") != "float32":
+            continue
+        source = producers.get(node.inputs[0])
+        if (source is not None and source.op == "conv" and source.attrs.get("requant_f64")
+                and readers[node.inputs[0]] == 1 and node.inputs[0] not in graph.output_names):
+            pairs[source.name] = node.name
+    return pairs
+
+
+def _with_carriers(graph: IntegerGraph) -> IntegerGraph:
+    """`graph` whose carrier producers (`_carrier_pairs`) requantize to float32 x - zx: the same
+    integers, shifted by the reader's zero point (exact in float32), so clamp bounds and zero point
+    shift with it. Only untapped runs use it: taps and `run_all` see the 8-bit tensors."""
+    by_name = {node.name: node for node in graph.nodes}
+    carriers = {}
+    for producer, reader in _carrier_pairs(graph).items():
+        plain = graph.requantizers.get(producer)
+        if plain is None or not hasattr(graph.accelerators.get(reader), "zx"):
+            continue
+        node, zx = by_name[producer], by_name[reader].attrs["zx"]
+        real, bias_real = requant_reals(node, add_bias=True)
+        carriers[producer] = fused.PreparedRequant(
+            real, bias_real, node.attrs["zo"] - zx, node.attrs["act_min"] - zx, node.attrs["act_max"] - zx,
+            graph.rounding.value, np.float32, plain.coef if plain.use_box else None, plain.source)
+    return replace(graph, requantizers={**graph.requantizers, **carriers}) if carriers else graph
 
 
 def _requantizers(graph: IntegerGraph, accelerators: dict[str, object]) -> dict[str, fused.PreparedRequant]:
