@@ -148,4 +148,6 @@ def test_fused_input_quantization_matches_quant_params(policy, dtype, zero_point
     got = fused.quantize(x, q)
     want = q.quantize(x)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+    nhwc = fused.quantize(x, q, to_nhwc=True)
+    assert nhwc.shape == (2, 5, 7, 3) and nhwc.flags.c_contiguous and np.array_equal(nhwc, want.transpose(0, 2, 3, 1))
     assert fused.quantize(x, QuantParams(scale=(0.5, 0.25, 1.0), zero_point=0, dtype=dtype)) is None  # per channel

@@ -92,8 +92,12 @@ class IntegerArtifact:
         if x.ndim != len(self.graph.input_shape):
             raise InputError(f"expected a float batch of rank {len(self.graph.input_shape)} "
                              f"({self.model_layout} for images), got shape {x.shape}")
-        q = fused.quantize(x, self.graph.input_q) if x.dtype in (np.float32, np.float64) else None
-        native = self.to_native(self.graph.input_q.quantize(x) if q is None else q)
+        to_nhwc = self._transposes(x.ndim) and self.layout == "NHWC"
+        q = fused.quantize(x, self.graph.input_q, to_nhwc) if x.dtype in (np.float32, np.float64) else None
+        if q is None:
+            native = self.to_native(self.graph.input_q.quantize(x))
+        else:
+            native = q if to_nhwc else self.to_native(q)
         self.check_native(native)
         return native
 
