@@ -295,9 +295,14 @@ def global_avg(node: IntNode, inputs: list[np.ndarray], g: IntegerGraph, tap: Ta
     x = inputs[0]
     axes = tuple(node.attrs.get("axes", (2, 3)))
     count = int(np.prod([x.shape[a] for a in axes]))
-    total = x.astype(np.int64).sum(axis=axes, keepdims=node.attrs["keepdims"]) - node.attrs["zx"] * count
+    total = x.sum(axis=axes, dtype=np.int64, keepdims=node.attrs["keepdims"]) - node.attrs["zx"] * count
     if tap is not None:
         tap(node.name, "accumulator", total)
+    elif not node.attrs.get("reference") and total.ndim >= 2 and axes == tuple(range(2, x.ndim)):
+        out = fused.requant_int(total, None, node.arrays["mult"], node.arrays["shift"], node.attrs["zo"], g.qmin,
+                                g.qmax, g.rounding.value, g.dtype, 1)
+        if out is not None:
+            return [out]
     return [_out(mbqm(total, node.arrays["mult"], node.arrays["shift"], g.rounding) + node.attrs["zo"], g)]
 
 
