@@ -123,3 +123,20 @@ def test_a_conv_feeding_a_depthwise_conv_writes_its_float_carrier(tiny_quantized
     np.testing.assert_array_equal(fast.run(x), Interpreter(g, reference=True).run(x))
     every = fast.run_all(x)
     assert all(v.dtype == np.dtype(g.dtype) for v in every.values())
+
+
+@pytest.mark.parametrize("backend", ["rknn", "tengine"])
+def test_the_prepared_residual_add_equals_reference(backend) -> None:
+    """conv -> conv -> Add(residual): the Add runs on its prepared fused kernel, bit for bit."""
+    from tests.test_integer_engine import _residual_model
+
+    rng = np.random.default_rng(8)
+    cal = [rng.normal(0, 1, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    qm = unified.quantize(_residual_model(), backend=backend, calibration=cal)
+    g = qm.artifact.graph
+    fast = Interpreter(g)
+    adds = [n.name for n in g.nodes if n.op == "add"]
+    assert adds and all(type(fast.graph.requantizers[name]).__name__ == "PreparedAdd" for name in adds)
+    info = np.iinfo(np.dtype(g.dtype))
+    x = rng.integers(info.min, info.max + 1, (3, 3, 16, 16)).astype(g.dtype)
+    np.testing.assert_array_equal(fast.run(x), Interpreter(g, reference=True).run(x))

@@ -59,6 +59,43 @@ def add(x1: np.ndarray, x2: np.ndarray, attrs: dict[str, Any], arrays: dict[str,
     return out
 
 
+ADD_PARAMS = ("m1", "s1", "m2", "s2", "mo", "so")
+
+
+class PreparedAdd:
+    """`add` of one node with its integer parameters read once (per-tensor multipliers only)."""
+
+    __slots__ = ("kernel", "args", "policy", "dtype", "source")
+
+    def __init__(self, attrs: dict[str, Any], arrays: dict[str, np.ndarray], lo: int, hi: int, policy: str,
+                 dtype: Any) -> None:
+        self.kernel = _add_kernel()
+        first = {name: int(arrays[name].reshape(-1)[0]) for name in ADD_PARAMS}
+        self.args = (int(attrs["z1"]), int(attrs["z2"]), int(attrs["left_shift"]), first["m1"], 31 - first["s1"],
+                     first["m2"], 31 - first["s2"], first["mo"], 31 - first["so"], int(attrs["zo"]), int(lo), int(hi),
+                     POLICIES[policy])
+        self.dtype = np.dtype(dtype)
+        self.source = (attrs, *(arrays[k] for k in ADD_PARAMS))
+
+    @staticmethod
+    def applies(arrays: dict[str, np.ndarray]) -> bool:
+        return _add_kernel() is not None and all(arrays[k].size == 1 for k in ADD_PARAMS)
+
+    def fresh_for(self, node: Any) -> bool:
+        """Whether the node still holds the objects this was prepared from (see PreparedRequant)."""
+        return self.source[0] is node.attrs and all(
+            a is node.arrays.get(k) for a, k in zip(self.source[1:], ADD_PARAMS))
+
+    def __call__(self, x1: np.ndarray, x2: np.ndarray) -> np.ndarray | None:
+        """None for inputs of different shapes (the caller broadcasts in numpy)."""
+        if x1.shape != x2.shape:
+            return None
+        out = np.empty(x1.shape, dtype=self.dtype)
+        self.kernel(np.ascontiguousarray(x1).reshape(-1), np.ascontiguousarray(x2).reshape(-1), *self.args,
+                    out.reshape(-1))
+        return out
+
+
 def _int_kernel() -> Callable[..., None] | None:
     k = _kernels()
     return None if k is None else k.requant_int

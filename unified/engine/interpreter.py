@@ -217,13 +217,20 @@ def _with_carriers(graph: IntegerGraph) -> IntegerGraph:
     return replace(graph, requantizers={**graph.requantizers, **carriers}) if carriers else graph
 
 
-def _requantizers(graph: IntegerGraph, accelerators: dict[str, object]) -> dict[str, fused.PreparedRequant]:
+def _requantizers(graph: IntegerGraph, accelerators: dict[str, object]
+                  ) -> dict[str, fused.PreparedRequant | fused.PreparedAdd]:
     """Prepared fused requantizations of the ORT-accumulated convs and gemms whose float64 carrier
-    lowering proved exact (`requant_f64`); empty without numba (the kernels then run numpy)."""
+    lowering proved exact (`requant_f64`), and of the integer Adds; empty without numba (the
+    kernels then run numpy)."""
     if not fused.available():
         return {}
-    prepared = {}
+    prepared: dict[str, fused.PreparedRequant | fused.PreparedAdd] = {}
     for node in graph.nodes:
+        if node.op == "add" and not node.attrs.get("reference") and fused.PreparedAdd.applies(node.arrays):
+            lo = graph.qmin if node.attrs["act_min"] is None else node.attrs["act_min"]
+            hi = graph.qmax if node.attrs["act_max"] is None else node.attrs["act_max"]
+            prepared[node.name] = fused.PreparedAdd(node.attrs, node.arrays, lo, hi, graph.rounding.value, graph.dtype)
+            continue
         accelerated = accelerators.get(node.name)
         if (node.op not in ("conv", "gemm") or accelerated is None or isinstance(accelerated, np.ndarray)
                 or not node.attrs.get("requant_f64") or node.attrs.get("reference")):
