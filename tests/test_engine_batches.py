@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import unified
 from unified.consistency.tiny_models import tiny_classifier
+from unified.engine.integer_graph import IntNode
 from unified.engine.interpreter import Interpreter, engine_workers
 from unified.engine.ort_accumulate import IntegerGemmAccumulator, integer_gemm_accumulator
-from unified.engine.integer_graph import IntNode
 
 
 @pytest.fixture(scope="module", params=["rknn", "tengine"])

@@ -65,7 +65,7 @@ ADD_PARAMS = ("m1", "s1", "m2", "s2", "mo", "so")
 class PreparedAdd:
     """`add` of one node with its integer parameters read once (per-tensor multipliers only)."""
 
-    __slots__ = ("kernel", "args", "policy", "dtype", "source")
+    __slots__ = ("kernel", "args", "dtype", "source")
 
     def __init__(self, attrs: dict[str, Any], arrays: dict[str, np.ndarray], lo: int, hi: int, policy: str,
                  dtype: Any) -> None:

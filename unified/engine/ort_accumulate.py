@@ -21,8 +21,8 @@ import os
 from functools import lru_cache
 
 import numpy as np
-import onnxruntime as ort
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from unified.engine.integer_graph import IntNode
