@@ -46,17 +46,11 @@ def _add_kernel() -> Callable[..., None] | None:
 def add(x1: np.ndarray, x2: np.ndarray, attrs: dict[str, Any], arrays: dict[str, np.ndarray], policy: str,
         dtype: Any) -> np.ndarray | None:
     """The integer Add (two rescaled inputs, summed, rescaled to the output) in one pass, for
-    same-shape inputs with per-tensor multipliers; None otherwise (the caller runs numpy)."""
-    kernel = _add_kernel()
-    if kernel is None or x1.shape != x2.shape or any(arrays[k].size != 1 for k in ("m1", "s1", "m2", "s2", "mo", "so")):
+    same-shape inputs with per-tensor multipliers; None otherwise (the caller runs numpy).
+    `attrs` carries the clamp bounds as "lo" and "hi"."""
+    if not PreparedAdd.applies(arrays):
         return None
-    k = {name: 31 - int(arrays[name].reshape(-1)[0]) for name in ("s1", "s2", "so")}
-    m = {name: int(arrays[name].reshape(-1)[0]) for name in ("m1", "m2", "mo")}
-    out = np.empty(x1.shape, dtype=dtype)
-    kernel(np.ascontiguousarray(x1).reshape(-1), np.ascontiguousarray(x2).reshape(-1), int(attrs["z1"]),
-           int(attrs["z2"]), int(attrs["left_shift"]), m["m1"], k["s1"], m["m2"], k["s2"], m["mo"], k["so"],
-           int(attrs["zo"]), int(attrs["lo"]), int(attrs["hi"]), POLICIES[policy], out.reshape(-1))
-    return out
+    return PreparedAdd(attrs, arrays, attrs["lo"], attrs["hi"], policy, dtype)(x1, x2)
 
 
 ADD_PARAMS = ("m1", "s1", "m2", "s2", "mo", "so")

@@ -150,23 +150,22 @@ def _accelerators(graph: IntegerGraph, reference: bool, threads: int | None) -> 
     """The run-time helpers by node name: float-fallback evaluators, gemm weights in their float
     carrier, and (unless `reference`) the exact ORT accumulators of convs and gemms, whose sessions
     get `threads` intra-op threads (None: ORT's choice)."""
-    accelerators: dict[str, object] = {name: _float_evaluator(model) for name, model in graph.float_fallback.items()}
-    accelerators.update({  # gemm weights in their exact float carrier, converted once, not per run
-        node.name: np.ascontiguousarray(node.arrays["w"].astype(
-            np.float32 if node.attrs.get("exact") == "float32" else np.float64).T)
-        for node in graph.nodes if node.op == "gemm"})
-    if reference:
-        return accelerators
     from unified.engine.ort_accumulate import (
         conv_accumulator_session, integer_conv_accumulator, integer_gemm_accumulator,
         split_conv_accumulator_session)
 
+    accelerators: dict[str, object] = {name: _float_evaluator(model) for name, model in graph.float_fallback.items()}
+    for node in graph.nodes:
+        if node.op != "gemm":
+            continue
+        integer = None if reference else integer_gemm_accumulator(node, graph.dtype, graph.qmin, graph.qmax, threads)
+        # else the weights in their exact float carrier, converted once, not per run
+        accelerators[node.name] = integer if integer is not None else np.ascontiguousarray(node.arrays["w"].astype(
+            np.float32 if node.attrs.get("exact") == "float32" else np.float64).T)
+    if reference:
+        return accelerators
     centred = set(_carrier_pairs(graph).values())
     for node in graph.nodes:
-        if node.op == "gemm":
-            integer = integer_gemm_accumulator(node, graph.dtype, graph.qmin, graph.qmax, threads)
-            if integer is not None:
-                accelerators[node.name] = integer
         if node.op not in ("conv", "conv_add"):
             continue
         integer = integer_conv_accumulator(node, graph.dtype, graph.qmin, graph.qmax, threads)
@@ -211,10 +210,10 @@ def _with_carriers(graph: IntegerGraph) -> IntegerGraph:
         if plain is None or not hasattr(graph.accelerators.get(reader), "zx"):
             continue
         node, zx = by_name[producer], by_name[reader].attrs["zx"]
-        real, bias_real = requant_reals(node, add_bias=True)
         carriers[producer] = fused.PreparedRequant(
-            real, bias_real, node.attrs["zo"] - zx, node.attrs["act_min"] - zx, node.attrs["act_max"] - zx,
-            graph.rounding.value, np.float32, plain.coef if plain.use_box else None, plain.source)
+            plain.real, plain.bias if plain.use_bias else None, node.attrs["zo"] - zx, node.attrs["act_min"] - zx,
+            node.attrs["act_max"] - zx, graph.rounding.value, np.float32, plain.coef if plain.use_box else None,
+            plain.source)
     return replace(graph, requantizers={**graph.requantizers, **carriers}) if carriers else graph
 
 

@@ -35,10 +35,11 @@ INT32_EXACT = 2**31
 
 
 def _conv_session(nodes: list, inits: list, x_type: int, channels: int, acc_type: int,
-                  threads: int | None) -> ort.InferenceSession:
-    """One small session x (N, channels, H, W) -> acc, on the arena every engine session shares."""
+                  threads: int | None, x_shape: list[int | str] | None = None) -> ort.InferenceSession:
+    """One small session x (N, channels, H, W), or `x_shape`, -> acc, on the arena every engine
+    session shares."""
     graph = helper.make_graph(nodes, "conv_accumulator",
-                              [helper.make_tensor_value_info("x", x_type, ["N", channels, "H", "W"])],
+                              [helper.make_tensor_value_info("x", x_type, x_shape or ["N", channels, "H", "W"])],
                               [helper.make_tensor_value_info("acc", acc_type, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -140,14 +141,14 @@ def _pointwise_accumulator(w_u8: np.ndarray, zw: int, zx: int, dtype: str, offse
     inits = [numpy_helper.from_array(w_u8.reshape(w_u8.shape[:2]).astype(np.uint8), "w"),
              numpy_helper.from_array(np.array(zw, np.uint8), "zw"),
              numpy_helper.from_array(np.array(zx_s8, np.int8), "zx")]
-    node = helper.make_node("MatMulInteger", ["w", "x", "zw", "zx"], ["acc"])
-    graph = helper.make_graph([node], "pointwise_accumulator",
-                              [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", w_u8.shape[1], "HW"])],
-                              [helper.make_tensor_value_info("acc", TensorProto.INT32, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    session = make_session(model.SerializeToString(), threads, shared_arena=True)
+    session = _conv_session([_matmul_integer()], inits, TensorProto.INT8, w_u8.shape[1], TensorProto.INT32, threads,
+                            x_shape=["N", w_u8.shape[1], "HW"])
     return PointwiseAccumulator(session, flip, offsets)
+
+
+def _matmul_integer() -> onnx.NodeProto:
+    """acc = (w - zw) @ (x - zx): uint8 weights first, int8 input second (ORT's U8S8 GEMM)."""
+    return helper.make_node("MatMulInteger", ["w", "x", "zw", "zx"], ["acc"])
 
 
 @lru_cache(maxsize=1)
@@ -164,14 +165,11 @@ def u8s8_is_exact() -> bool:
     for rows, depth, cols in ((4, 64, 1), (16, 96, 49), (33, 160, 300)):
         w = np.where(rng.random((rows, depth)) < 0.8, 255, rng.integers(0, 256, (rows, depth))).astype(np.uint8)
         x = np.where(rng.random((2, depth, cols)) < 0.5, 127, -128).astype(np.int8)
-        model = helper.make_model(helper.make_graph(
-            [helper.make_node("MatMulInteger", ["w", "x", "zw", "zx"], ["acc"])], "probe",
-            [helper.make_tensor_value_info("x", TensorProto.INT8, [2, depth, cols])],
-            [helper.make_tensor_value_info("acc", TensorProto.INT32, None)],
-            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0, np.uint8), "zw"),
-             numpy_helper.from_array(np.array(0, np.int8), "zx")]), opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        got = make_session(model.SerializeToString(), 1).run(None, {"x": x})[0]
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0, np.uint8), "zw"),
+                 numpy_helper.from_array(np.array(0, np.int8), "zx")]
+        session = _conv_session([_matmul_integer()], inits, TensorProto.INT8, depth, TensorProto.INT32, 1,
+                                x_shape=[2, depth, cols])
+        got = session.run(None, {"x": x})[0]
         if not np.array_equal(got, np.matmul(w.astype(np.int64), x.astype(np.int64))):
             return False
     return True
@@ -243,15 +241,18 @@ def conv_accumulator_session(node: IntNode, dtype: str, threads: int | None = No
     float64 element-wise kernels lose to numpy's here.)"""
     a = node.attrs
     w = node.arrays["w"].astype(np.float32)
-    conv = helper.make_node("Conv", ["xs", "w"], ["acc"], strides=a["strides"], pads=a["pads"],
-                            dilations=a["dilations"], group=a["group"], kernel_shape=a["kernel"])
     channels = w.shape[1] * a["group"]
+
+    def conv(x: str) -> onnx.NodeProto:
+        return helper.make_node("Conv", [x, "w"], ["acc"], strides=a["strides"], pads=a["pads"],
+                                dilations=a["dilations"], group=a["group"], kernel_shape=a["kernel"])
+
     if centred_input:
-        session = _conv_session([helper.make_node("Identity", ["x"], ["xs"]), conv], [numpy_helper.from_array(w, "w")],
-                                TensorProto.FLOAT, channels, TensorProto.FLOAT, threads)
+        session = _conv_session([conv("x")], [numpy_helper.from_array(w, "w")], TensorProto.FLOAT, channels,
+                                TensorProto.FLOAT, threads)
         return CentredInputConv(session, a["zx"])
     inits = [numpy_helper.from_array(w, "w"), *_centring_inits(a["zx"], dtype)]
-    return _conv_session([_centred_input(), conv], inits, _ELEM[dtype], channels, TensorProto.FLOAT, threads)
+    return _conv_session([_centred_input(), conv("xs")], inits, _ELEM[dtype], channels, TensorProto.FLOAT, threads)
 
 
 FLOAT32_EXACT = 2**24
