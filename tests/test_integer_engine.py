@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 import unified
 from unified.backends.rknn.scheme import RknnScheme
 from unified.core.rounding import RoundingPolicy
-from unified.engine.fidelity import end_to_end, layer_agreement
+from unified.engine.fidelity import divergence_by_depth, end_to_end, layer_agreement
 from unified.engine.fixed_point import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
@@ -186,6 +186,22 @@ def test_fidelity_on_tiny_model(tiny_rknn, tiny_batch) -> None:
         assert layer.within_one_step >= 0.999, str(layer)
     engine, export = end_to_end(tiny_rknn.artifact.graph, x)
     assert np.abs(engine.astype(int) - export.astype(int)).max() <= 2
+
+
+def test_fidelity_counts_exact_agreement_and_drift_by_depth(tiny_rknn, tiny_batch) -> None:
+    """`equal` is the stricter share (never above `within_one_step`); the drift list follows the
+    graph's tensors in order and ends on the very comparison `end_to_end` makes."""
+    graph = tiny_rknn.artifact.graph
+    x = np.ascontiguousarray(tiny_rknn.quantize_input(tiny_batch).transpose(0, 3, 1, 2))
+    layers = layer_agreement(graph, x)
+    assert all(0.99 <= layer.equal <= layer.within_one_step for layer in layers), [str(r) for r in layers]
+    drift = divergence_by_depth(graph, x)
+    expected = [o for n in graph.nodes if n.op not in ("const", "float") for o in n.outputs if o in graph.tensors]
+    assert [d.tensor for d in drift] == expected
+    assert drift[-1].tensor == graph.output_name
+    engine, export = end_to_end(graph, x)
+    assert drift[-1].differing == float((engine != export).mean())
+    assert drift[-1].max_steps == int(np.abs(engine.astype(int) - export.astype(int)).max())
 
 
 # -- graphs with ops the engine must refuse or fall back on --------------------------------------

@@ -26,10 +26,11 @@ class LayerAgreement:
     elements: int
     within_one_step: float   # share of elements with |engine - export| <= 1
     max_steps: int
+    equal: float = 1.0       # share of elements with engine == export
 
     def __str__(self) -> str:
         return (f"{self.node} ({self.source}) -> {self.tensor}: {self.within_one_step:.4%} of {self.elements} "
-                f"elements within one step, max {self.max_steps} steps")
+                f"elements within one step ({self.equal:.4%} equal), max {self.max_steps} steps")
 
 
 def _session(model) -> ort.InferenceSession:
@@ -55,8 +56,42 @@ def layer_agreement(graph: IntegerGraph, x: np.ndarray) -> list[LayerAgreement]:
             got = values[name].astype(np.int64)
             diff = np.abs(got - ref.astype(np.int64))
             results.append(LayerAgreement(node.name, node.source, name, int(diff.size),
-                                          float((diff <= 1).mean()) if diff.size else 1.0, int(diff.max(initial=0))))
+                                          float((diff <= 1).mean()) if diff.size else 1.0, int(diff.max(initial=0)),
+                                          float((diff == 0).mean()) if diff.size else 1.0))
     return results
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One tensor, engine and export each run whole from the same integer input."""
+    node: str
+    tensor: str
+    differing: float  # share of elements where the two differ
+    max_steps: int
+
+
+def divergence_by_depth(graph: IntegerGraph, x: np.ndarray) -> list[Divergence]:
+    """Per tensor in graph order: how far engine and export have drifted apart end to end.
+
+    Why: `layer_agreement` shows each layer alone agrees on nearly every element; this shows how
+    the few one-step differences (float vs fixed-point requantization) grow when each side feeds
+    its own outputs onward, which is what decides whether two implementations pick the same top-1.
+    """
+    from unified.graph.float_stats import with_outputs
+
+    names = [o for node in graph.nodes if node.op not in ("const", "float") for o in node.outputs
+             if o in graph.tensors]
+    engine = Interpreter(graph).run_all(x)
+    session = _session(with_outputs(export_qdq(graph), names))
+    wanted = [o.name for o in session.get_outputs()]
+    export = dict(zip(wanted, session.run(wanted, x if isinstance(x, dict) else {graph.input_name: x})))
+    producer = {o: node.name for node in graph.nodes for o in node.outputs}
+    result = []
+    for name in names:
+        diff = np.abs(engine[name].astype(np.int64) - export[name].astype(np.int64))
+        result.append(Divergence(producer[name], name, float((diff > 0).mean()) if diff.size else 0.0,
+                                 int(diff.max(initial=0))))
+    return result
 
 
 def end_to_end(graph: IntegerGraph, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
