@@ -83,6 +83,8 @@ def test_a_final_softmax_keeps_the_fixed_range(attention) -> None:
     ("rknn", {"profile": "toolkit", "fuse_residual_add": False}, "fuse_residual_add=False"),
     ("tengine", {"profile": "toolkit", "rounding": "adaptive"}, "rounding='adaptive' is unified's own addition"),
     ("ort", {"profile": "toolkit", "calibrated_softmax": True}, "calibrated_softmax=True"),
+    ("tengine", {"profile": "toolkit", "stream_equalization": True}, "stream_equalization=True is unified's own addition"),
+    ("ort", {"profile": "toolkit", "stream_equalization": True}, "stream_equalization=True"),
     ("rknn", {"profile": "fastest"}, "profile='fastest' is not one of best, toolkit"),
 ])
 def test_the_toolkit_profile_refuses_additions(attention, backend, options, message) -> None:

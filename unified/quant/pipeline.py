@@ -26,6 +26,7 @@ from unified.quant.empirical_bias import correct_biases_empirically
 from unified.quant.calibrate import TensorStats, collect
 from unified.quant.equalization import equalize
 from unified.quant.ranges import ESTIMATORS, weight_ranges
+from unified.quant.stream_equalization import equalize_streams
 from unified.quant.weight_rounding import WeightGrid, round_weights
 
 
@@ -42,6 +43,7 @@ class BuildOptions:
     clamp_fixes_range: bool = True        # a fused ReLU6 output is exactly [0, 6] (else calibrated, narrowed)
     fold_pads: bool = True                # fold zero Pads into the Conv after them (False: the runtime pads)
     empirical_bias: bool = False          # correct int32 biases on the integer graph, layer after layer
+    stream_equalization: bool = False     # rescale linear residual streams' channels (exact in float)
 
 
 def weight_grid(scheme: Scheme, weight_method: str, w: np.ndarray) -> WeightGrid:
@@ -107,7 +109,7 @@ def range_source(scheme: Scheme, options: BuildOptions, stats: TensorStats | Non
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
                         options: BuildOptions, preprocess: Preprocess | None,
                         given: dict[str, tuple[float, int]] | None = None) -> IntegerGraph:
-    """prepare -> [equalize] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale
+    """prepare -> [equalize] -> [stream equalization] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale
     table is `given`) -> lower -> [empirical bias correction on the integer graph].
 
     `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
@@ -121,6 +123,9 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
         check_names(given, known, "scale table")
     if options.equalization:
         prepared, _ = equalize(prepared)
+    if options.stream_equalization and given is None and calibration is not None and len(calibration):
+        # (a given scale table names ranges of the tensors as they are: rescaling would void it)
+        prepared, _ = equalize_streams(prepared, calibration)
     unrounded = prepared
     if options.adaptive_rounding:
         if calibration is None:

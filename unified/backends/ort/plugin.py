@@ -23,7 +23,7 @@ MODE_OPTIONS: dict[str, set[str]] = {
     "fp32": set(),
     "dynamic": {"weight_type"},
     "static": {"calibrate_method", "activation_type", "weight_type", "per_channel", "nodes_to_exclude",
-               "reduce_range", "bias_correction", "empirical_bias_correction", "calibrated_softmax", "rounding", "activation_ranges", "profile"},
+               "reduce_range", "bias_correction", "empirical_bias_correction", "stream_equalization", "calibrated_softmax", "rounding", "activation_ranges", "profile"},
 }
 
 

@@ -41,6 +41,7 @@ from unified.graph.prepare import prepare
 from unified.inputs.calibration import CalibrationSet
 from unified.quant.bias_correction import correct_biases
 from unified.quant.ranges import ESTIMATORS
+from unified.quant.stream_equalization import equalize_streams
 from unified.quant.weight_rounding import WeightGrid, round_weights
 
 CALIBRATION_METHODS = {
@@ -161,6 +162,8 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
     adaptive = profile.rounding()
     ranges = profile.activation_ranges("calibrate_method")
     empirical = profile.addition("empirical_bias_correction", best=True, toolkit=False)
+    if profile.addition("stream_equalization", best=True, toolkit=False):
+        model, _ = equalize_streams(model, calibration)
     unrounded = model
     if per_channel and weight == QuantType.QInt8 and (correct or adaptive == "adaptive"):
         qmax = 64 if reduce_range else 127

@@ -12,6 +12,8 @@ Options (RKNN's `config()` names where they exist, with the toolkit's meaning un
   bias_correction      addition, on under best: correct biases for weight rounding (Nagel et al. 2019)
   empirical_bias_correction  addition, on under best: correct int32 biases on the integer graph,
                        layer after layer, against fp32 means (halves 1 - cosine on EfficientNet-Lite0/1/2)
+  stream_equalization  addition, on under best: rescale each linear residual stream's channels to
+                       one range, exact in float (`unified/quant/stream_equalization.py`)
   rounding             "adaptive" (addition, default under best): each weight rounded up or down to
                        keep its layer's output (AdaRound's objective) on RKNN's per-channel grid;
                        "nearest": the toolkit's own rounding
@@ -56,7 +58,7 @@ ALGORITHMS = {
     "kl_divergence": ("kl_rknn", "minmax"),
 }
 KNOWN_OPTIONS = {"mode", "profile", "rounding", "calibrated_softmax", "quantized_algorithm", "quantized_method", "mean_values", "std_values",
-                 "bias_correction", "empirical_bias_correction", "fuse_residual_add", "float_fallback", "strict"}
+                 "bias_correction", "empirical_bias_correction", "stream_equalization", "fuse_residual_add", "float_fallback", "strict"}
 
 
 @hookimpl
@@ -80,6 +82,7 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
                          empirical_bias=profile.addition("empirical_bias_correction", best=True, toolkit=False),
                          adaptive_rounding=profile.rounding() == "adaptive",
+                         stream_equalization=profile.addition("stream_equalization", best=True, toolkit=False),
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False),

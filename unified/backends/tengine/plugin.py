@@ -17,6 +17,8 @@ Options (Tengine's own keep Tengine's meaning under both profiles):
                    through the integer graph layer after layer and let each conv's int32 bias absorb
                    its mean pre-activation error against fp32 (upstream errors included)
   equalization     addition, off by default: cross-layer equalization where it keeps the float model exact
+  stream_equalization  addition, off by default: rescale each linear residual stream's channels to one
+                   range (exact in float; `unified/quant/stream_equalization.py`)
   rounding         "adaptive" (addition, default under best): each weight rounded up or down to keep
                    its layer's output (AdaRound's objective); "nearest": Tengine's own round-to-nearest
   calibrated_softmax  addition, on under best: a Softmax inside the graph (attention) takes its
@@ -53,7 +55,7 @@ from unified.quant.pipeline import BuildOptions, build_from_qdq, build_integer_g
 NAME = "tengine"
 #: quant_tool_uint8's algorithms, as its source computes them (`quant/tengine_ranges.py`)
 ALGORITHMS = {"minmax": "minmax", "kl": "kl_tengine", "aciq": "aciq_tengine"}
-KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "weight_ranges", "algorithm", "mean", "scale", "bias_correction", "empirical_bias_correction", "equalization", "rounding", "scale_file",
+KNOWN_OPTIONS = {"mode", "profile", "calibrated_softmax", "activation_ranges", "weight_ranges", "algorithm", "mean", "scale", "bias_correction", "empirical_bias_correction", "stream_equalization", "equalization", "rounding", "scale_file",
                  "float_fallback", "strict"}
 
 
@@ -98,6 +100,9 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          empirical_bias=_empirical_bias(profile),
                          equalization=profile.addition("equalization", best=False, toolkit=False),
                          adaptive_rounding=rounding == "adaptive",
+                         # off under best: per-tensor weights pay in the readers' rescaled columns
+                         # (measured: Lite0 cosine up, Lite1 even, Lite2 down)
+                         stream_equalization=profile.addition("stream_equalization", best=False, toolkit=False),
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          clamp_fixes_range=algorithm == "minmax",
                          fold_pads=not profile.toolkit,
