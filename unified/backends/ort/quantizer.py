@@ -162,7 +162,7 @@ def quantize_static_qdq(model: onnx.ModelProto, calibration: CalibrationSet, opt
     adaptive = profile.rounding()
     ranges = profile.activation_ranges("calibrate_method")
     empirical = profile.addition("empirical_bias_correction", best=True, toolkit=False)
-    if profile.addition("stream_equalization", best=True, toolkit=False):
+    if profile.addition("stream_equalization", best=False, toolkit=False):  # opt-in: see the README
         model, _ = equalize_streams(model, calibration)
     unrounded = model
     if per_channel and weight == QuantType.QInt8 and (correct or adaptive == "adaptive"):

@@ -12,7 +12,7 @@ Options (RKNN's `config()` names where they exist, with the toolkit's meaning un
   bias_correction      addition, on under best: correct biases for weight rounding (Nagel et al. 2019)
   empirical_bias_correction  addition, on under best: correct int32 biases on the integer graph,
                        layer after layer, against fp32 means (halves 1 - cosine on EfficientNet-Lite0/1/2)
-  stream_equalization  addition, on under best: rescale each linear residual stream's channels to
+  stream_equalization  addition, off by default: rescale each linear residual stream's channels to
                        one range, exact in float (`unified/quant/stream_equalization.py`)
   rounding             "adaptive" (addition, default under best): each weight rounded up or down to
                        keep its layer's output (AdaRound's objective) on RKNN's per-channel grid;
@@ -82,7 +82,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          bias_correction=profile.addition("bias_correction", best=True, toolkit=False),
                          empirical_bias=profile.addition("empirical_bias_correction", best=True, toolkit=False),
                          adaptive_rounding=profile.rounding() == "adaptive",
-                         stream_equalization=profile.addition("stream_equalization", best=True, toolkit=False),
+                         # off under best: it lifted Lite0/1/2 a little but broke EfficientNet-B0 (see README)
+                         stream_equalization=profile.addition("stream_equalization", best=False, toolkit=False),
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          float_fallback=option_names(NAME, options, "float_fallback"),
                          strict=option_bool(NAME, options, "strict", False),

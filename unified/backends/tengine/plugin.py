@@ -100,8 +100,8 @@ def unified_quantize(backend: str, model: onnx.ModelProto, calibration: Calibrat
                          empirical_bias=_empirical_bias(profile),
                          equalization=profile.addition("equalization", best=False, toolkit=False),
                          adaptive_rounding=rounding == "adaptive",
-                         # off under best: per-tensor weights pay in the readers' rescaled columns
-                         # (measured: Lite0 cosine up, Lite1 even, Lite2 down)
+                         # opt-in everywhere (see the README); on tengine per-tensor weights also pay in
+                         # the readers' rescaled columns (Lite0 cosine up, Lite1 even, Lite2 down)
                          stream_equalization=profile.addition("stream_equalization", best=False, toolkit=False),
                          calibrated_softmax=profile.addition("calibrated_softmax", best=True, toolkit=False),
                          clamp_fixes_range=algorithm == "minmax",
