@@ -61,7 +61,7 @@ def test_native_uint8_pixels_equal_float_path(rknn_default) -> None:
                                   rknn_default.quantize_input(rknn_default.preprocess.normalize(pixels)))
 
 
-def _check_fidelity(qm, x_float: np.ndarray, label: str) -> None:
+def _check_fidelity(qm, x_float: np.ndarray, label: str, min_equal: float | None = None) -> None:
     art = qm.artifact
     x = np.ascontiguousarray(art.quantize_float(x_float).transpose(0, 3, 1, 2)) if art.layout == "NHWC" else art.quantize_float(x_float)
     layers = layer_agreement(art.graph, x)
@@ -78,12 +78,14 @@ def _check_fidelity(qm, x_float: np.ndarray, label: str) -> None:
     # steps on AVX2 and on AVX512-VNNI (4 was seen on another VNNI machine), 93.5% (tengine) and
     # 96.5% (rknn) of the logits within one step on VNNI.
     assert all(r.within_one_step >= 0.999 for r in layers), [str(r) for r in layers if r.within_one_step < 0.999]
+    if min_equal is not None:  # Lite0's convs, Adds, pool and Gemm: measured 4-7 differing per million
+        assert all(r.equal >= min_equal for r in layers), [str(r) for r in layers if r.equal < min_equal]
     assert diff.mean() <= 1.0
     assert diff.max() <= 8
 
 
 def test_fidelity_oracle_lite0(rknn_default, eval_batch) -> None:
-    _check_fidelity(rknn_default, eval_batch[:2], "rknn lite0")
+    _check_fidelity(rknn_default, eval_batch[:2], "rknn lite0", min_equal=0.999)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

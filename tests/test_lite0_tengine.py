@@ -55,7 +55,8 @@ def test_default_is_minmax_with_adaptive_rounding(option_figures) -> None:
 
 
 def test_fidelity_oracle_lite0(eval_batch) -> None:
-    _check_fidelity(unified.quantize("efficientnet_lite0", backend="tengine"), eval_batch[:2], "tengine lite0")
+    _check_fidelity(unified.quantize("efficientnet_lite0", backend="tengine"), eval_batch[:2], "tengine lite0",
+                    min_equal=0.999)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
