@@ -15,6 +15,7 @@ import onnxruntime as ort
 from unified.engine.integer_graph import IntegerGraph
 from unified.engine.interpreter import Interpreter
 from unified.engine.qdq_export import export_qdq
+from unified.graph.float_stats import with_outputs
 from unified.graph.ort_session import make_session
 
 
@@ -77,8 +78,6 @@ def divergence_by_depth(graph: IntegerGraph, x: np.ndarray) -> list[Divergence]:
     the few one-step differences (float vs fixed-point requantization) grow when each side feeds
     its own outputs onward, which is what decides whether two implementations pick the same top-1.
     """
-    from unified.graph.float_stats import with_outputs
-
     names = [o for node in graph.nodes if node.op not in ("const", "float") for o in node.outputs
              if o in graph.tensors]
     engine = Interpreter(graph).run_all(x)
