@@ -109,8 +109,9 @@ def range_source(scheme: Scheme, options: BuildOptions, stats: TensorStats | Non
 def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | None, scheme: Scheme,
                         options: BuildOptions, preprocess: Preprocess | None,
                         given: dict[str, tuple[float, int]] | None = None) -> IntegerGraph:
-    """prepare -> [equalize] -> [stream equalization] -> [adaptive rounding] -> [bias correction] -> calibrate (unless a scale
-    table is `given`) -> lower -> [empirical bias correction on the integer graph].
+    """prepare -> [equalize] -> [stream equalization] -> [adaptive rounding] -> [bias correction] ->
+    calibrate (unless a scale table is `given`) -> lower -> [empirical bias correction on the
+    integer graph].
 
     `preprocess` set: the input range is that of 8-bit pixels under its mean/std (folded into the
     integer input); None: the input range is calibrated like any tensor.
@@ -123,8 +124,8 @@ def build_integer_graph(model: onnx.ModelProto, calibration: CalibrationSet | No
         check_names(given, known, "scale table")
     if options.equalization:
         prepared, _ = equalize(prepared)
-    if options.stream_equalization and given is None and calibration is not None and len(calibration):
-        # (a given scale table names ranges of the tensors as they are: rescaling would void it)
+    if options.stream_equalization and given is None:  # (without `given`, calibration was checked above)
+        # a given scale table names ranges of the tensors as they are: rescaling would void it
         prepared, _ = equalize_streams(prepared, calibration)
     unrounded = prepared
     if options.adaptive_rounding:
